@@ -1,0 +1,110 @@
+"""Shared configuration structure for every pixdiff_jax experiment.
+
+Each experiment config (``configs/cifar10.py`` ...) starts from ``get_default_config()`` and
+overrides fields. Field groups:
+
+- ``data``:      what is trained on and how it is scaled.
+- ``diffusion``: the forward process (pixel-aware or the scalar DDPM baseline schedule).
+- ``vae``:       the scale estimator ``G`` (stage 1); unused by the DDPM baseline.
+- ``model``:     the reverse model ``R`` (T-headed U-Net) or the one-head baseline U-Net.
+- ``training``:  steps, batch size, logging/checkpoint cadence, EMA.
+- ``optim``:     optax Adam with warmup and gradient clipping.
+- ``sampling``:  which sampler and its settings (``preset`` picks named bundles).
+"""
+import ml_collections
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # 'pixel_aware': two stages (VAE, then T-headed reverse model). 'ddpm': one-head baseline.
+  config.method = 'pixel_aware'
+
+  # ---------------------------------------------------------------- data
+  data = config.data = ml_collections.ConfigDict()
+  # 'fashion_mnist' | 'mnist' | 'npz' | 'folder' | 'tfds:<name>' (e.g. 'tfds:cifar10').
+  data.dataset = 'fashion_mnist'
+  data.path = ''             # directory / file overriding the default location of the data
+  data.split = 'train'
+  data.image_size = 32
+  data.num_channels = 1
+  data.pad_to_image_size = True  # 28x28 MNIST-like images are zero-padded to image_size
+  data.random_flip = False
+  data.dequantize = False    # uniform dequantisation of the 8-bit values
+  data.max_examples = 0      # 0 = all; >0 takes the first N (tests, quick checks)
+
+  # ---------------------------------------------------------------- diffusion
+  diffusion = config.diffusion = ml_collections.ConfigDict()
+  diffusion.num_steps = 200    # T
+  diffusion.gamma = 20.0       # pixel-aware rate; eq. 7-9
+  diffusion.eps = 4e-3         # x0 lies in [eps, 1]
+  # Head targets of the reverse model: 'cumulative' (paper, eps_tilde_j) or 'increment'.
+  diffusion.target = 'increment'
+  # Scale fed to R while training: 'vae' (frozen stage-1 estimate) or 'true'.
+  diffusion.scale_source = 'vae'
+  # Scalar schedule of the DDPM baseline: 'linear' (1e-4..0.02) or 'cosine'.
+  diffusion.schedule = 'linear'
+  diffusion.beta_start = 1e-4
+  diffusion.beta_end = 0.02
+
+  # ---------------------------------------------------------------- scale estimator G
+  vae = config.vae = ml_collections.ConfigDict()
+  vae.name = 'scale_vae'
+  vae.ch = 64
+  vae.ch_mult = (1, 2, 2)      # downsample until the 4x4 bottleneck
+  vae.num_res_blocks = 1
+  vae.latent_dim = 256
+  vae.num_groups = 8
+  vae.kl_weight = 1e-3
+
+  # ---------------------------------------------------------------- reverse model R
+  model = config.model = ml_collections.ConfigDict()
+  model.name = 'thead_unet'    # 'thead_unet' | 'unet' (one-head baseline)
+  model.ch = 64
+  model.ch_mult = (1, 2, 2)
+  model.num_res_blocks = 1
+  model.attn_resolutions = (8,)
+  model.dropout = 0.0
+  model.num_groups = 8
+  model.num_heads = diffusion.get_ref('num_steps')  # one head per reverse step
+  model.head_ch = 16
+  model.head_num_res_blocks = 2
+  model.head_attention = False
+
+  # ---------------------------------------------------------------- training
+  training = config.training = ml_collections.ConfigDict()
+  training.batch_size = 64      # global batch, split over local devices
+  training.vae_steps = 2000      # stage 1 (ignored by method='ddpm')
+  training.reverse_steps = 4000  # stage 2, or the single stage of method='ddpm'
+  training.ema_decay = 0.999
+  training.steps_per_dispatch = 1  # train steps fused with lax.scan per pmap call
+  training.log_every = 50
+  training.checkpoint_every = 500
+  training.snapshot_every = 1000  # sample grid PNG
+  training.keep_checkpoints = 2
+  training.ema_warmup = True     # EMA decay min(decay, (1+n)/(10+n))
+
+  # ---------------------------------------------------------------- optimiser
+  optim = config.optim = ml_collections.ConfigDict()
+  optim.lr = 2e-4
+  optim.warmup_steps = 500
+  optim.b1 = 0.9
+  optim.b2 = 0.999
+  optim.eps = 1e-8
+  optim.grad_clip = 1.0
+
+  # ---------------------------------------------------------------- sampling
+  sampling = config.sampling = ml_collections.ConfigDict()
+  # 'paper' forces K=1, eta=1, no clipping, prior='standard' (with target='cumulative').
+  # 'custom' uses the fields below as given.
+  sampling.preset = 'custom'
+  # 'parallel' (pixel-aware, K network calls) | 'ddpm' | 'ddim' | 'dpm_solver'
+  sampling.sampler = 'parallel'
+  sampling.network_calls = 1    # K for the pixel-aware sampler
+  sampling.eta = 0.0
+  sampling.clip_denoised = True
+  sampling.prior = 'scale'      # 'standard' (paper) | 'scale'
+  sampling.num_steps = 50       # S for DDIM / DPM-Solver
+  sampling.batch_size = 64
+  sampling.use_ema = True
+  return config
