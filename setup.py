@@ -29,6 +29,6 @@ setup(
         "cuda12": ["jax[cuda12]>=0.6"],
         # Only needed to *prepare* (encode) TFDS image datasets such as cifar10 / celeb_a.
         "tf": ["tensorflow>=2.16"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8"],
     },
 )
