@@ -1,0 +1,20 @@
+"""DDPM baseline on Fashion-MNIST: the backbone of ``fashion_mnist.py`` with one epsilon head,
+linear betas 1e-4..0.02, T = 1000, data in [-1, 1] (Ho et al. 2020), sized for 2 CPU cores."""
+from configs import fashion_mnist
+
+
+def get_config():
+  config = fashion_mnist.get_config()
+  config.method = 'ddpm'
+  config.model.name = 'unet'
+  config.diffusion.num_steps = 1000
+  config.diffusion.schedule = 'linear'
+  config.diffusion.beta_start = 1e-4
+  config.diffusion.beta_end = 0.02
+  config.training.vae_steps = 0
+  config.sampling.preset = 'custom'
+  config.sampling.sampler = 'ddim'
+  config.sampling.num_steps = 50
+  config.sampling.eta = 0.0
+  config.sampling.clip_denoised = True
+  return config

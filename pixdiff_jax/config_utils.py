@@ -1,0 +1,139 @@
+"""Config helpers: validation with messages that name the field, presets, workdir round trip."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+METHODS = ('pixel_aware', 'ddpm')
+SAMPLERS = {'pixel_aware': ('parallel',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}
+PRIORS = ('standard', 'scale')
+TARGETS = ('cumulative', 'increment')
+
+# Named bundles of sampler settings. 'paper' is Algorithm 1 taken literally (one network call,
+# fresh noise eta=1, no clipping, x_T ~ N(0, I)). 'consistent' is the variant that inverts the
+# training chain (see docs/results.md for what each one measures).
+SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
+    'paper': dict(network_calls=1, eta=1.0, clip_denoised=False, prior='standard'),
+    'consistent': dict(eta=0.0, clip_denoised=True, prior='scale'),
+    'custom': {},
+}
+
+# Sections whose change makes a stored checkpoint unusable or meaningless.
+_ARCHITECTURE_SECTIONS = ('method', 'vae', 'model', 'diffusion', 'data.image_size',
+                          'data.num_channels')
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` naming the config field for settings no run could use."""
+  if config.method not in METHODS:
+    raise ValueError(f'config.method must be one of {METHODS}, got {config.method!r}')
+  d = config.diffusion
+  if not isinstance(d.num_steps, int) or d.num_steps < 1:
+    raise ValueError(f'diffusion.num_steps must be an int >= 1, got {d.num_steps!r}')
+  if config.method == 'pixel_aware':
+    if not d.gamma > 0:
+      raise ValueError(f'diffusion.gamma must be > 0, got {d.gamma!r}')
+    if d.target not in TARGETS:
+      raise ValueError(f'diffusion.target must be one of {TARGETS}, got {d.target!r}')
+    if d.scale_source not in ('vae', 'true'):
+      raise ValueError(f"diffusion.scale_source must be 'vae' or 'true', got {d.scale_source!r}")
+  if not 0 < d.eps < 1:
+    raise ValueError(f'diffusion.eps must lie in (0, 1), got {d.eps!r}')
+  t = config.training
+  for field in ('batch_size', 'steps_per_dispatch', 'log_every', 'checkpoint_every',
+                'keep_checkpoints'):
+    if int(t[field]) < 1:
+      raise ValueError(f'training.{field} must be >= 1, got {t[field]!r}')
+  n_dev = jax.device_count()
+  if t.batch_size % n_dev:
+    raise ValueError(
+        f'training.batch_size={t.batch_size} is not divisible by the {n_dev} devices in use '
+        f'({jax.local_device_count()} local x {jax.process_count()} processes); choose a '
+        f'multiple of {n_dev}')
+  s = config.sampling
+  if s.preset not in SAMPLING_PRESETS:
+    raise ValueError(f'sampling.preset must be one of {tuple(SAMPLING_PRESETS)}, '
+                     f'got {s.preset!r}')
+  if s.sampler not in SAMPLERS[config.method]:
+    raise ValueError(f'sampling.sampler={s.sampler!r} is not available for method='
+                     f'{config.method!r}; choose one of {SAMPLERS[config.method]}')
+
+
+def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str, Any]:
+  """Effective sampler settings: config.sampling, then its preset, then ``overrides``."""
+  s = config.sampling.to_dict()
+  preset = overrides.pop('preset', s['preset'])
+  if preset not in SAMPLING_PRESETS:
+    raise ValueError(f'sampling preset must be one of {tuple(SAMPLING_PRESETS)}, got {preset!r}')
+  s.update(SAMPLING_PRESETS[preset])
+  s['preset'] = preset
+  unknown = set(overrides) - set(s)
+  if unknown:
+    raise ValueError(f'unknown sampler settings {sorted(unknown)}; known: {sorted(s)}')
+  s.update(overrides)
+  if s['prior'] not in PRIORS:
+    raise ValueError(f'sampling.prior must be one of {PRIORS}, got {s["prior"]!r}')
+  if config.method == 'pixel_aware':
+    k = s['network_calls']
+    if not isinstance(k, int) or not 1 <= k <= config.diffusion.num_steps:
+      raise ValueError(f'sampling.network_calls must be an int in 1..diffusion.num_steps='
+                       f'{config.diffusion.num_steps}, got {k!r}')
+  if not 0.0 <= float(s['eta']) <= 1.0:
+    raise ValueError(f'sampling.eta must lie in [0, 1], got {s["eta"]!r}')
+  return s
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, 'config.json')
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(config_path(workdir), 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _tuples(node):
+  """JSON turns tuples into lists; configs use tuples (hashable Flax module fields)."""
+  if isinstance(node, dict):
+    return {k: _tuples(v) for k, v in node.items()}
+  if isinstance(node, list):
+    return tuple(_tuples(v) for v in node)
+  return node
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = config_path(workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir of a training run?')
+  with open(path, encoding='utf-8') as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def check_compatible(stored: ml_collections.ConfigDict,
+                     config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir with a config whose networks or process differ."""
+  diffs = []
+  for section in _ARCHITECTURE_SECTIONS:
+    a = _get(stored, section)
+    b = _get(config, section)
+    a = a.to_dict() if isinstance(a, ml_collections.ConfigDict) else a
+    b = b.to_dict() if isinstance(b, ml_collections.ConfigDict) else b
+    if json.dumps(_tuples(a), sort_keys=True, default=str) != json.dumps(
+        _tuples(b), sort_keys=True, default=str):
+      diffs.append(section)
+  if diffs:
+    raise ValueError(
+        f'this workdir was trained with a different config in {diffs} (see its config.json); '
+        'use a new --workdir or the stored config')

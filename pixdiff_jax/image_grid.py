@@ -1,0 +1,39 @@
+"""Image grids and uint8 conversion for sample files."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Float images in ``[0, 1]`` (any out-of-range value is clipped) -> uint8, same shape."""
+  images = np.asarray(images, np.float32)
+  if not np.all(np.isfinite(images)):
+    raise ValueError(f'{np.sum(~np.isfinite(images))} non-finite pixel values in the images')
+  return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 2) -> np.ndarray:
+  """Tiles uint8 ``[N, H, W, C]`` into one ``[rows*(H+pad)+pad, cols*(W+pad)+pad, C]`` image."""
+  images = np.asarray(images)
+  n, h, w, c = images.shape
+  ncol = ncol or int(math.ceil(math.sqrt(n)))
+  nrow = int(math.ceil(n / ncol))
+  grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, images.dtype)
+  for k in range(n):
+    r, q = divmod(k, ncol)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+         pad + q * (w + pad):pad + q * (w + pad) + w] = images[k]
+  return grid
+
+
+def save_grid(path: str, images_uint8: np.ndarray, **kwargs) -> None:
+  """Writes a PNG grid of uint8 ``[N, H, W, C]`` images (C = 1 or 3)."""
+  grid = make_grid(images_uint8, **kwargs)
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(grid).save(path)

@@ -1,0 +1,184 @@
+"""Generation front end: ``get_sample_fn`` and ``load_sampler`` (DESIGN.md section 4).
+
+``get_sample_fn(config, batch_size=B)`` returns a pure ``sample_fn(variables, rng) -> images``
+(float32 ``[B, H, W, C]`` in ``[0, 1]``) that the caller may ``jax.jit``, ``vmap`` over keys, or
+``pmap``; nothing device-specific is baked in. ``variables`` is
+
+* pixel-aware: ``{'vae': vae_params, 'reverse': reverse_params}``
+* DDPM baseline: ``{'model': params}``
+
+Pixel-aware generation (the sampler ``'parallel'``):
+
+1. ``prior='standard'`` (paper): ``x_T ~ N(0, I)`` and ``x_delta_hat = G(x_T, T)``.
+   ``prior='scale'``: ``z ~ N(0, I)``, ``x_delta_hat = G.decode(z, T)``, then ``x_T`` is drawn
+   from the exact per-pixel marginal of eq. 9 at ``i = T`` for that scale.
+2. ``network_calls = K`` evaluations of ``R`` at K evenly spaced steps (K = 1 is Algorithm 1),
+   each followed by the element-wise recursion (``samplers.block_sequential_reverse``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pixdiff_jax import config_utils, data, models, samplers, schedules
+
+PyTree = Any
+SampleFn = Callable[[PyTree, jax.Array], jax.Array]
+
+
+def _image_shape(config, batch_size: int) -> tuple[int, int, int, int]:
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+  d = config.data
+  return (int(batch_size), d.image_size, d.image_size, d.num_channels)
+
+
+def to_unit_interval(x0: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """Model space -> ``[0, 1]``: ``[eps, 1]`` for pixel-aware, ``[-1, 1]`` for DDPM."""
+  return data.to_unit(x0, method=config.method, eps=config.diffusion.eps)
+
+
+def get_scale_prior_fn(config: ml_collections.ConfigDict, vae, *, batch_size: int) -> SampleFn:
+  """``fn(vae_params, rng)``: images ``x0 = -log(G.decode(z, T)) / gamma`` from ``z ~ N(0, I)``.
+
+  What the scale estimator alone generates; the VAE stage's snapshot grid shows it.
+  """
+  shape = _image_shape(config, batch_size)
+  d = config.diffusion
+
+  def fn(vae_params, rng):
+    x_delta_hat = models.vae_decode_prior(vae, vae_params, rng, shape[0], num_steps=d.num_steps)
+    return to_unit_interval(schedules.x0_from_scale(x_delta_hat, d.gamma), config)
+
+  return fn
+
+
+def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
+                  sampler: str | None = None, **overrides) -> SampleFn:
+  """Pure ``sample_fn(variables, rng) -> images [B, H, W, C]`` in ``[0, 1]``, float32.
+
+  Args:
+    config: the experiment config (``config.sampling`` gives defaults).
+    batch_size: number of images per call.
+    sampler: overrides ``config.sampling.sampler`` ('parallel'; or 'ddpm', 'ddim',
+      'dpm_solver' for the DDPM baseline).
+    **overrides: any ``config.sampling`` field (``preset``, ``network_calls``, ``eta``,
+      ``clip_denoised``, ``prior``, ``num_steps``).
+  The static number of network evaluations is ``sample_fn.network_evals``.
+  """
+  config_utils.validate_config(config)
+  if sampler is not None:
+    overrides['sampler'] = sampler
+  s = config_utils.sampler_settings(config, **overrides)
+  if s['sampler'] not in config_utils.SAMPLERS[config.method]:
+    raise ValueError(f'sampler {s["sampler"]!r} is not available for method={config.method!r}; '
+                     f'choose one of {config_utils.SAMPLERS[config.method]}')
+  shape = _image_shape(config, batch_size)
+  if config.method == 'ddpm':
+    fn, evals = _ddpm_family_sample_fn(config, shape, s)
+  else:
+    fn, evals = _pixel_aware_sample_fn(config, shape, s)
+  fn.network_evals = evals
+  fn.settings = dict(s)
+  return fn
+
+
+def _pixel_aware_sample_fn(config, shape, s):
+  d = config.diffusion
+  T, gamma = d.num_steps, d.gamma
+  vae = models.build_vae(config)
+  net = models.build_reverse_model(config)
+  K = s['network_calls']
+
+  def sample_fn(variables: PyTree, rng: jax.Array) -> jax.Array:
+    _check_variables(variables, ('vae', 'reverse'))
+    k_prior, k_xt, k_loop = jax.random.split(rng, 3)
+    steps_T = jnp.full((shape[0],), T, jnp.int32)
+    if s['prior'] == 'standard':
+      x_T = jax.random.normal(k_prior, shape, jnp.float32)
+      x_delta_hat = models.vae_estimate_scale(vae, variables['vae'], x_T, steps_T)
+    else:
+      x_delta_hat = models.vae_decode_prior(vae, variables['vae'], k_prior, shape[0],
+                                            num_steps=T)
+      noise = jax.random.normal(k_xt, shape, jnp.float32)
+      ab = schedules.alpha_bar(x_delta_hat, T, T)
+      x0_scale = schedules.x0_from_scale(x_delta_hat, gamma)
+      x_T = jnp.sqrt(ab) * x0_scale + jnp.sqrt(
+          schedules.one_minus_alpha_bar(x_delta_hat, T, T)) * noise
+
+    def model_fn(x_j, xd, j):
+      steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (shape[0],))
+      z = net.apply({'params': variables['reverse']}, x_j, xd, steps, train=False)
+      return jnp.moveaxis(z, 1, 0)  # [B, T, H, W, C] -> [T, B, H, W, C]
+
+    x0 = samplers.block_sequential_reverse(
+        model_fn, x_T, x_delta_hat, k_loop, num_steps=T, network_calls=K, eta=s['eta'],
+        clip_denoised=s['clip_denoised'], eps=d.eps)
+    return to_unit_interval(x0, config)
+
+  return sample_fn, K
+
+
+def _ddpm_family_sample_fn(config, shape, s):
+  d = config.diffusion
+  net = models.build_reverse_model(config)
+  alphas_cumprod = models.ddpm_alphas_cumprod(config)
+
+  def eps_fn_for(params):
+    def eps_fn(x, n):
+      steps = jnp.broadcast_to(jnp.asarray(n), (shape[0],))
+      return net.apply({'params': params}, x, steps, train=False)
+    return eps_fn
+
+  name = s['sampler']
+  if name == 'ddpm':
+    run = lambda eps_fn, rng: samplers.ddpm_sample(
+        eps_fn, rng, shape, alphas_cumprod=alphas_cumprod, clip_denoised=s['clip_denoised'])
+    evals = d.num_steps
+  elif name == 'ddim':
+    run = lambda eps_fn, rng: samplers.ddim_sample(
+        eps_fn, rng, shape, alphas_cumprod=alphas_cumprod, num_steps=s['num_steps'],
+        eta=s['eta'], clip_denoised=s['clip_denoised'])
+    evals = s['num_steps']
+  else:
+    run = lambda eps_fn, rng: samplers.dpm_solver_pp_2m_sample(
+        eps_fn, rng, shape, alphas_cumprod=alphas_cumprod, num_steps=s['num_steps'],
+        clip_denoised=s['clip_denoised'])
+    evals = s['num_steps']
+
+  def sample_fn(variables: PyTree, rng: jax.Array) -> jax.Array:
+    _check_variables(variables, ('model',))
+    return to_unit_interval(run(eps_fn_for(variables['model']), rng), config)
+
+  return sample_fn, evals
+
+
+def _check_variables(variables, keys):
+  if not isinstance(variables, dict) or set(keys) - set(variables):
+    got = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
+    raise ValueError(f'variables must be a dict with keys {list(keys)}, got {got}')
+
+
+def load_sampler(workdir: str, *, batch_size: int | None = None, use_ema: bool | None = None,
+                 **overrides) -> tuple[SampleFn, PyTree]:
+  """Builds ``sample_fn`` from a training workdir and restores its (EMA) parameters.
+
+  Returns ``(sample_fn, variables)``: ``jax.jit(sample_fn)(variables, key)`` gives images.
+  """
+  from pixdiff_jax import train  # pylint: disable=g-import-not-at-top  (avoids a cycle)
+  workdir = os.fspath(workdir)
+  config = config_utils.load_config(workdir)
+  batch_size = batch_size or config.sampling.batch_size
+  use_ema = config.sampling.use_ema if use_ema is None else use_ema
+  sample_fn = get_sample_fn(config, batch_size=batch_size, **overrides)
+  if config.method == 'ddpm':
+    variables = {'model': train.load_stage_params(config, workdir, 'ddpm', use_ema=use_ema)}
+  else:
+    variables = {'vae': train.load_stage_params(config, workdir, 'vae', use_ema=use_ema),
+                 'reverse': train.load_stage_params(config, workdir, 'reverse', use_ema=use_ema)}
+  return sample_fn, variables

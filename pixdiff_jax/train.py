@@ -1,0 +1,309 @@
+"""Two-stage training: the scale VAE (stage ``vae``), then the T-headed reverse model with the VAE
+frozen (stage ``reverse``); or the single stage ``ddpm`` of the one-head baseline.
+
+Design (DESIGN.md section 7):
+
+* :func:`get_train_step` returns a pure single-device step; :func:`get_p_train_step` wraps it in
+  ``lax.scan`` (``training.steps_per_dispatch`` steps per call) and ``jax.pmap`` over local
+  devices with ``lax.pmean`` of gradients and metrics and a donated state.
+* Randomness of step ``s`` on device ``d`` is ``fold_in(fold_in(stage_key, d), s)``: no RNG is
+  stored, and a resumed run replays exactly what an uninterrupted run would have drawn.
+* Orbax checkpoints per stage in ``WORKDIR/checkpoints/<stage>``; a run resumes from the latest,
+  a finished stage is not retrained, and Ctrl-C / SIGTERM writes a checkpoint before exiting.
+* Metrics go to ``WORKDIR/metrics.jsonl`` and TensorBoard; a PNG grid goes to ``WORKDIR/samples``
+  every ``training.snapshot_every`` steps. Only process 0 logs and draws progress bars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+from pixdiff_jax import checkpointing, config_utils, data, image_grid, losses, metric_writer
+from pixdiff_jax import models, sampling
+from pixdiff_jax.train_state import (TrainState, create_train_state, ema_decay_at,
+                                     make_optimizer, num_skipped_updates, update_ema)
+
+PyTree = Any
+LossFn = Callable[[PyTree, jax.Array, jax.Array, PyTree], tuple[jax.Array, dict]]
+# A hook sees (stage name, step) after every dispatch; tests use it to simulate a crash.
+Hook = Callable[[str, int], None]
+
+AXIS = 'batch'
+
+
+def stages_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
+
+
+# ---------------------------------------------------------------------------- steps
+def get_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_decay: float,
+                   ema_warmup: bool, axis_name: str | None = AXIS):
+  """Pure single-device train step ``(state, x0 [b,H,W,C], key, aux) -> (state, metrics)``.
+
+  ``loss_fn(params, x0, rng, aux) -> (loss, metrics)``. With ``axis_name`` set, the step must
+  run under ``pmap``/``shard_map`` with that axis: gradients and metrics are averaged over it and
+  the RNG is folded with the device index.
+  """
+
+  def train_step(state: TrainState, x0: jax.Array, key: jax.Array, aux: PyTree):
+    device = jax.lax.axis_index(axis_name) if axis_name else 0
+    rng = jax.random.fold_in(jax.random.fold_in(key, device), state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, x0, rng, aux)
+    metrics = dict(metrics, loss=loss)
+    if axis_name:
+      grads = jax.lax.pmean(grads, axis_name)
+      metrics = jax.lax.pmean(metrics, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+    ema_params = update_ema(state.ema_params, params, decay)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    metrics['skipped_updates'] = num_skipped_updates(opt_state).astype(jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def get_p_train_step(train_step):
+  """``pmap`` over local devices of ``lax.scan`` over a block of steps.
+
+  Takes ``(state [D,...], x0 [D, k, b, H, W, C], key, aux [D,...])`` and returns the state and
+  the metrics averaged over the ``k`` steps (``[D]`` each). The state buffers are donated.
+  """
+
+  def multi_step(state, x0_block, key, aux):
+    def body(s, x0):
+      return train_step(s, x0, key, aux)
+    state, metrics = jax.lax.scan(body, state, x0_block)
+    return state, jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), metrics)
+
+  return jax.pmap(multi_step, axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,))
+
+
+# ---------------------------------------------------------------------------- stages
+@dataclasses.dataclass
+class Stage:
+  """What differs between the stages: the network, its loss, frozen inputs and a snapshot."""
+  name: str
+  num_steps: int
+  init_params: Callable[[jax.Array], PyTree]
+  loss_fn: LossFn
+  aux: PyTree = None
+  # (ema params, rng) -> float images [N, H, W, C] in [0, 1], for the snapshot grid.
+  snapshot_fn: Callable[[PyTree, jax.Array], jax.Array] | None = None
+
+
+def _dummy_batch(config, n: int = 1) -> jax.Array:
+  shape = (n, config.data.image_size, config.data.image_size, config.data.num_channels)
+  return jnp.full(shape, 0.5, jnp.float32)
+
+
+def build_stage(config: ml_collections.ConfigDict, name: str, *,
+                vae_params: PyTree = None) -> Stage:
+  """Builds stage ``name`` ('vae', 'reverse' or 'ddpm') from the config."""
+  if name == 'vae':
+    vae = models.build_vae(config)
+    loss = losses.get_vae_loss_fn(config, vae)
+
+    def snapshot(params, rng):
+      fn = sampling.get_scale_prior_fn(config, vae, batch_size=16)
+      return fn(params, rng)
+
+    return Stage(name, config.training.vae_steps,
+                 init_params=lambda k: models.init_params(vae, config, k),
+                 loss_fn=lambda p, x, r, aux: loss(p, x, r, train=True),
+                 snapshot_fn=snapshot)
+  if name == 'reverse':
+    vae = models.build_vae(config)
+    net = models.build_reverse_model(config)
+    loss = losses.get_reverse_loss_fn(config, net, vae)
+    sample = sampling.get_sample_fn(config, batch_size=16)
+    return Stage(name, config.training.reverse_steps,
+                 init_params=lambda k: models.init_params(net, config, k),
+                 loss_fn=lambda p, x, r, aux: loss(p, x, r, vae_params=aux, train=True),
+                 aux=vae_params,
+                 snapshot_fn=lambda p, r: sample({'vae': vae_params, 'reverse': p}, r))
+  if name == 'ddpm':
+    net = models.build_reverse_model(config)
+    loss = losses.get_ddpm_loss_fn(config, net)
+    sample = sampling.get_sample_fn(config, batch_size=16)
+    return Stage(name, config.training.reverse_steps,
+                 init_params=lambda k: models.init_params(net, config, k),
+                 loss_fn=lambda p, x, r, aux: loss(p, x, r, train=True),
+                 snapshot_fn=lambda p, r: sample({'model': p}, r))
+  raise ValueError(f"unknown stage {name!r}; expected 'vae', 'reverse' or 'ddpm'")
+
+
+# ---------------------------------------------------------------------------- loop
+class _Interrupt:
+  """Turns SIGTERM into KeyboardInterrupt so that a killed job writes its checkpoint."""
+
+  def __enter__(self):
+    self._old = None
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._raise)
+    except ValueError:  # not in the main thread
+      pass
+    return self
+
+  @staticmethod
+  def _raise(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+    return False
+
+
+def _stage_key(config, name: str) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), sum(map(ord, name)))
+
+
+def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *,
+                writer: metric_writer.MetricWriter | None = None,
+                hooks: Sequence[Hook] = ()) -> PyTree:
+  """Trains (or resumes, or skips if finished) one stage; returns its unreplicated final state."""
+  t = config.training
+  is_main = jax.process_index() == 0
+  key = _stage_key(config, stage.name)
+  tx = make_optimizer(config.optim)
+  ckpt = checkpointing.StageCheckpointer(workdir, stage.name, keep=t.keep_checkpoints)
+  state = create_train_state(stage.init_params(jax.random.fold_in(key, -1 % 2**31)), tx)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info('stage %s: resumed from step %d', stage.name, int(state.step))
+  start = int(state.step)
+  if start >= stage.num_steps:
+    logging.info('stage %s: finished (%d/%d steps); not retrained', stage.name, start,
+                 stage.num_steps)
+    ckpt.close()
+    return state
+
+  train_step = get_train_step(stage.loss_fn, tx, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup)
+  p_train_step = get_p_train_step(train_step)
+  p_state = flax.jax_utils.replicate(state)
+  p_aux = flax.jax_utils.replicate(stage.aux)
+  batches = data.get_batch_iterator(config, start_step=start)
+  k_max = t.steps_per_dispatch
+  step = start
+  pbar = tqdm(total=stage.num_steps, initial=start, desc=f'train {stage.name}',
+              disable=not is_main, dynamic_ncols=True)
+  last_time, last_step = time.perf_counter(), step
+
+  def save(at_step):
+    ckpt.save(at_step, flax.jax_utils.unreplicate(p_state), force=True)
+
+  try:
+    with _Interrupt():
+      while step < stage.num_steps:
+        k = min(k_max, stage.num_steps - step)
+        block = np.stack([next(batches) for _ in range(k)], axis=1)  # [D, k, b, H, W, C]
+        p_state, metrics = p_train_step(p_state, block, key, p_aux)
+        step += k
+        for hook in hooks:
+          hook(stage.name, step)
+        done = step >= stage.num_steps
+        if done or step % t.log_every < k:
+          m = jax.tree_util.tree_map(lambda x: float(x[0]), jax.device_get(metrics))
+          now = time.perf_counter()
+          m['steps_per_sec'] = (step - last_step) / max(now - last_time, 1e-9)
+          last_time, last_step = now, step
+          if not np.isfinite(m['loss']):
+            logging.warning('stage %s step %d: non-finite loss %s', stage.name, step, m['loss'])
+          if writer is not None:
+            writer.write(stage.name, step, m)
+          pbar.set_postfix(loss=f"{m['loss']:.4g}", steps_s=f"{m['steps_per_sec']:.2f}")
+        pbar.update(k)
+        if done or step % t.checkpoint_every < k:
+          save(step)
+        if stage.snapshot_fn is not None and is_main and (done or step % t.snapshot_every < k):
+          _snapshot(workdir, stage, flax.jax_utils.unreplicate(p_state.ema_params), key, step)
+  except KeyboardInterrupt:
+    logging.warning('stage %s interrupted at step %d: writing a checkpoint', stage.name, step)
+    try:
+      save(step)
+      ckpt.wait()
+    except Exception as err:  # pylint: disable=broad-except
+      logging.error('could not write the interrupt checkpoint: %s', err)
+    raise
+  finally:
+    pbar.close()
+  ckpt.close()
+  return flax.jax_utils.unreplicate(p_state)
+
+
+def _snapshot(workdir: str, stage: Stage, ema_params: PyTree, key: jax.Array, step: int):
+  images = np.asarray(jax.device_get(stage.snapshot_fn(ema_params, jax.random.fold_in(key, 0))))
+  path = os.path.join(workdir, 'samples', f'{stage.name}_step{step:07d}.png')
+  image_grid.save_grid(path, image_grid.to_uint8(images))
+
+
+def load_stage_params(config: ml_collections.ConfigDict, workdir: str, name: str, *,
+                      use_ema: bool = True) -> PyTree:
+  """Latest (EMA) parameters of a trained stage, restored without building an optimiser state
+  on device (the restore target is computed with ``jax.eval_shape``)."""
+  stage = build_stage(config, name, vae_params=None) if name != 'reverse' else None
+  if name == 'reverse':
+    net = models.build_reverse_model(config)
+    init = lambda k: models.init_params(net, config, k)
+  else:
+    init = stage.init_params
+  tx = make_optimizer(config.optim)
+  target = jax.eval_shape(lambda k: create_train_state(init(k), tx), jax.random.PRNGKey(0))
+  ckpt = checkpointing.StageCheckpointer(
+      os.fspath(workdir), name, keep=config.training.keep_checkpoints, read_only=True)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f'no checkpoint for stage {name!r} in {ckpt.directory}')
+  state = ckpt.restore(target)
+  ckpt.close()
+  return state.ema_params if use_ema else state.params
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[str] | None = None,
+          hooks: Sequence[Hook] = ()) -> dict[str, PyTree]:
+  """Runs every stage of ``config`` (or just ``stages``) in ``workdir``; resumes if possible.
+
+  Returns the final EMA parameters of each stage that was run, keyed by stage name.
+  """
+  config_utils.validate_config(config)
+  models.validate_config(config)
+  if os.path.exists(config_utils.config_path(workdir)):
+    config_utils.check_compatible(config_utils.load_config(workdir), config)
+  if jax.process_index() == 0:
+    config_utils.save_config(config, workdir)
+  wanted = tuple(stages) if stages else stages_for(config)
+  for name in wanted:
+    if name not in stages_for(config):
+      raise ValueError(f'stage {name!r} does not exist for method={config.method!r}; '
+                       f'stages: {stages_for(config)}')
+  writer = metric_writer.MetricWriter(workdir)
+  results = {}
+  try:
+    for name in wanted:
+      vae_params = None
+      if name == 'reverse':
+        vae_params = results.get('vae')
+        if vae_params is None:
+          vae_params = load_stage_params(config, workdir, 'vae')
+      state = train_stage(config, workdir, build_stage(config, name, vae_params=vae_params),
+                          writer=writer, hooks=hooks)
+      results[name] = state.ema_params
+  finally:
+    writer.close()
+  return results
