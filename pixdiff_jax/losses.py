@@ -1,0 +1,215 @@
+"""Training losses, as pure single-device functions (the caller picks jit / pmap / vmap).
+
+Every factory returns ``loss_fn(params, batch_x0, rng, *, train=True, ...) -> (loss, metrics)``:
+
+* ``params``: the ``'params'`` collection of the network being trained;
+* ``batch_x0``: clean images ``[B, H, W, C]`` float32, in ``[eps, 1]`` for the pixel-aware
+  losses and in ``[-1, 1]`` for the DDPM baseline (what ``pixdiff_jax.data`` yields for
+  ``config.method``);
+* ``rng``: one PRNG key for this call; every random draw of the loss is derived from it;
+* ``loss``: scalar float32; ``metrics``: dict of scalar float32 arrays (``loss`` not included).
+
+Use it as ``jax.value_and_grad(loss_fn, has_aux=True)(params, batch_x0, rng, ...)``.
+
+Steps are drawn uniformly per example: ``i ~ U{1..T}`` (pixel-aware), ``n ~ U{1..T}`` (DDPM).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from pixdiff_jax import models, schedules
+
+__all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
+           'sample_reverse_example', 'gaussian_kl']
+
+PyTree = Any
+Metrics = dict[str, Array]
+LossFn = Callable[..., tuple[Array, Metrics]]
+
+_TARGETS = ('cumulative', 'increment')
+_SCALE_SOURCES = ('vae', 'true')
+
+
+def _uniform_steps(rng: jax.Array, batch_size: int, num_steps: int) -> Int[Array, 'B']:
+  """``[B]`` int32 steps uniform in ``1..num_steps``."""
+  return jax.random.randint(rng, (batch_size,), 1, num_steps + 1, dtype=jnp.int32)
+
+
+def _bcast(v: Array, x: Array) -> Array:
+  """Reshapes per-example ``[B]`` values to broadcast against ``[B, ...]``."""
+  return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def gaussian_kl(mean: Float[Array, 'B L'], logvar: Float[Array, 'B L']) -> Float[Array, 'B']:
+  """``KL(N(mean, exp(logvar)) || N(0, I))`` per example, summed over latent dims (nats)."""
+  return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
+
+
+# ---------------------------------------------------------------------------- stage 1: VAE
+def get_vae_loss_fn(config: ml_collections.ConfigDict, vae: models.ScaleVAE) -> LossFn:
+  """Loss of the scale estimator ``G``: MSE on ``x_delta`` plus a weighted KL.
+
+  ``loss_fn(params, batch_x0, rng, *, train=True) -> (loss, metrics)``:
+
+  * ``i ~ U{1..T}`` per example, ``x_i = q_sample(x0, i, noise)`` (eq. 9);
+  * ``x_delta_hat, mean, logvar = G(x_i, i)``, with a posterior sample (rng stream ``'latent'``)
+    when ``train`` and the posterior mean otherwise;
+  * ``mse`` = mean over all pixels of ``(x_delta_hat - exp(-gamma x0))**2``;
+  * ``kl`` = ``KL(q(z | x_i) || N(0, I))`` in nats per example (summed over the latent, mean over
+    the batch); the loss uses it per pixel, ``kl_per_pixel = kl / (H W C)``, so that
+    ``loss = mse + vae.kl_weight * kl_per_pixel`` is the negative ELBO of a Gaussian decoder of
+    variance ``kl_weight / 2`` (per pixel), whatever the image or latent size.
+
+  Random draws: ``rng_i, rng_noise, rng_latent = jax.random.split(rng, 3)``.
+  Metrics: ``mse``, ``kl``, ``kl_per_pixel``, ``x0_mae`` (mean ``|x0_hat - x0|`` implied by the
+  scale, in image units).
+  """
+  d = config.diffusion
+  gamma, num_steps = float(d.gamma), int(d.num_steps)
+  schedules.check_pixel_aware_args(gamma=gamma, num_steps=num_steps)
+  kl_weight = float(config.vae.kl_weight)
+  if kl_weight < 0:
+    raise ValueError(f'vae.kl_weight={kl_weight} must be >= 0')
+
+  def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
+              train: bool = True) -> tuple[Array, Metrics]:
+    x0 = jnp.asarray(batch_x0, jnp.float32)
+    rng_i, rng_noise, rng_latent = jax.random.split(rng, 3)
+    i = _uniform_steps(rng_i, x0.shape[0], num_steps)
+    noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
+    x_i = schedules.q_sample(x0, _bcast(i, x0), noise, gamma=gamma, num_steps=num_steps)
+    x_delta_hat, mean, logvar = vae.apply({'params': params}, x_i, i, sample_posterior=train,
+                                          rngs={'latent': rng_latent})
+    x_delta = schedules.image_scale(x0, gamma)
+    mse = jnp.mean(jnp.square(x_delta_hat - x_delta))
+    kl = jnp.mean(gaussian_kl(mean, logvar))
+    kl_per_pixel = kl / np.prod(x0.shape[1:])
+    loss = mse + kl_weight * kl_per_pixel
+    x0_mae = jnp.mean(jnp.abs(schedules.x0_from_scale(x_delta_hat, gamma) - x0))
+    return loss, {'mse': mse, 'kl': kl, 'kl_per_pixel': kl_per_pixel, 'x0_mae': x0_mae}
+
+  return loss_fn
+
+
+# ---------------------------------------------------------------------------- stage 2: R
+def sample_reverse_example(config: ml_collections.ConfigDict, batch_x0: Float[Array, 'B H W C'],
+                           rng: jax.Array) -> dict[str, Array]:
+  """Draws the reverse model's training inputs and targets for a batch.
+
+  ``rng_i, rng_chain = jax.random.split(rng)``; ``i = randint(rng_i, [B], 1, T + 1)``; ONE forward
+  chain per image, ``xs, e = schedules.forward_chain(rng_chain, x0)``; its own ``x_i`` is the
+  network input and ``schedules.chain_targets(xs, e, x0, target=config.diffusion.target)`` are
+  the head targets.
+
+  Returns:
+    dict with ``i`` ``[B]`` int32, ``x_i`` ``[B, H, W, C]``, ``targets`` ``[B, T, H, W, C]``
+    (index ``j-1`` is head ``j``) and ``mask`` ``[B, T]`` bool (``j <= i``).
+  """
+  d = config.diffusion
+  gamma, num_steps = float(d.gamma), int(d.num_steps)
+  x0 = jnp.asarray(batch_x0, jnp.float32)
+  batch = x0.shape[0]
+  rng_i, rng_chain = jax.random.split(rng)
+  i = _uniform_steps(rng_i, batch, num_steps)
+  xs, e = schedules.forward_chain(rng_chain, x0, gamma=gamma, num_steps=num_steps)
+  x_i = xs[i, jnp.arange(batch)]
+  targets = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=num_steps,
+                                    target=d.target)
+  return {'i': i, 'x_i': x_i, 'targets': jnp.moveaxis(targets, 0, 1),
+          'mask': models.head_mask(i, num_steps)}
+
+
+def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUNet,
+                        vae: models.ScaleVAE | None = None) -> LossFn:
+  """Loss of the T-headed reverse model ``R`` (eq. 15 with the head mask of eq. 14).
+
+  ``loss_fn(params, batch_x0, rng, *, vae_params=None, train=True) -> (loss, metrics)``:
+
+  * ``rng_example, rng_dropout = jax.random.split(rng)``; ``i``, ``x_i``, targets and mask from
+    :func:`sample_reverse_example` ``(config, batch_x0, rng_example)``;
+  * scale input: ``config.diffusion.scale_source='vae'``: the frozen VAE's deterministic estimate
+    ``stop_gradient(G(x_i, i))`` (posterior mean; ``vae`` and ``vae_params`` required);
+    ``'true'``: ``exp(-gamma x0)``;
+  * ``Z = R(x_i, x_delta_hat, i)`` (heads ``j > i`` are exactly 0 inside the model), dropout rng
+    stream ``'dropout'`` when ``train``;
+  * normalisation: the loss is the mean squared error per pixel over the ACTIVE (example, head)
+    pairs, ``sum_{b, j <= i_b} mean_pix (Z^j_b - target^j_b)**2 / sum_b i_b``. Every active
+    head term has the same weight, so the gradient is that of eq. 15's sum over heads
+    ``sum_j L(phi, j)`` up to one positive factor per batch; inactive heads contribute exactly
+    nothing (neither value nor gradient).
+
+  Metrics: ``mse_head_1`` (head 1, active for every example), ``mse_head_i`` (head ``j = i``,
+  the first one Algorithm 1 uses), ``active_heads`` (mean number of active heads).
+  """
+  d = config.diffusion
+  gamma, num_steps = float(d.gamma), int(d.num_steps)
+  if d.target not in _TARGETS:
+    raise ValueError(f'diffusion.target={d.target!r} is unknown; known: {list(_TARGETS)}')
+  if d.scale_source not in _SCALE_SOURCES:
+    raise ValueError(f'diffusion.scale_source={d.scale_source!r} is unknown; known: '
+                     f'{list(_SCALE_SOURCES)}')
+  if d.scale_source == 'vae' and vae is None:
+    raise ValueError("diffusion.scale_source='vae' needs the stage-1 VAE: pass vae=")
+  if getattr(model, 'num_heads', num_steps) != num_steps:
+    raise ValueError(f'model has {model.num_heads} heads but diffusion.num_steps={num_steps}')
+
+  def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
+              vae_params: PyTree = None, train: bool = True) -> tuple[Array, Metrics]:
+    x0 = jnp.asarray(batch_x0, jnp.float32)
+    rng_example, rng_dropout = jax.random.split(rng)
+    ex = sample_reverse_example(config, x0, rng_example)
+    i, x_i = ex['i'], ex['x_i']
+    if d.scale_source == 'vae':
+      if vae_params is None:
+        raise ValueError("diffusion.scale_source='vae' needs the frozen VAE: pass vae_params=")
+      x_delta_hat = jax.lax.stop_gradient(models.vae_estimate_scale(vae, vae_params, x_i, i))
+    else:
+      x_delta_hat = schedules.image_scale(x0, gamma)
+    z = model.apply({'params': params}, x_i, x_delta_hat, i, train=train,
+                    rngs={'dropout': rng_dropout})
+    se = jnp.mean(jnp.square(z - ex['targets']), axis=(2, 3, 4))  # [B, T]
+    mask = ex['mask'].astype(se.dtype)
+    num_active = jnp.sum(mask)
+    loss = jnp.sum(se * mask) / num_active
+    batch = jnp.arange(x0.shape[0])
+    return loss, {'mse_head_1': jnp.mean(se[:, 0]), 'mse_head_i': jnp.mean(se[batch, i - 1]),
+                  'active_heads': num_active / x0.shape[0]}
+
+  return loss_fn
+
+
+# ---------------------------------------------------------------------------- DDPM baseline
+def get_ddpm_loss_fn(config: ml_collections.ConfigDict, model: models.UNet) -> LossFn:
+  """Epsilon-prediction loss of the one-head baseline (Ho et al. 2020, ``L_simple``).
+
+  ``loss_fn(params, batch_x0, rng, *, train=True) -> (loss, metrics)`` with ``batch_x0`` in
+  ``[-1, 1]``: ``rng_n, rng_noise, rng_dropout = jax.random.split(rng, 3)``; ``n ~ U{1..T}``;
+  ``x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) noise`` with ``abar`` from
+  :func:`pixdiff_jax.models.ddpm_alphas_cumprod` (``config.diffusion.schedule``); the model is
+  called with the step number ``n``; loss = mean squared error to ``noise`` over all pixels.
+
+  Metrics: ``mse`` (same as the loss).
+  """
+  abar = models.ddpm_alphas_cumprod(config)
+  num_steps = abar.shape[0]
+  sqrt_ab = jnp.asarray(np.sqrt(abar), jnp.float32)
+  sqrt_1mab = jnp.asarray(np.sqrt(1.0 - abar), jnp.float32)
+
+  def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
+              train: bool = True) -> tuple[Array, Metrics]:
+    x0 = jnp.asarray(batch_x0, jnp.float32)
+    rng_n, rng_noise, rng_dropout = jax.random.split(rng, 3)
+    n = _uniform_steps(rng_n, x0.shape[0], num_steps)
+    noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
+    x_n = _bcast(sqrt_ab[n - 1], x0) * x0 + _bcast(sqrt_1mab[n - 1], x0) * noise
+    eps_hat = model.apply({'params': params}, x_n, n, train=train, rngs={'dropout': rng_dropout})
+    mse = jnp.mean(jnp.square(eps_hat - noise))
+    return mse, {'mse': mse}
+
+  return loss_fn

@@ -1,0 +1,150 @@
+"""Building blocks shared by the scale VAE, the T-headed U-Net and the one-head U-Net.
+
+All modules are Flax linen, NHWC, float32. Paper Appendix C: group normalisation at the input of
+every convolution, a sinusoidal step embedding of size 128 followed by an MLP, residual blocks
+that receive the step embedding, single-head self-attention, stride-2 down- and nearest-neighbour
+up-sampling.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+__all__ = [
+    'SINUSOIDAL_DIM', 'num_groups_for', 'sinusoidal_embedding', 'StepEmbedding', 'GroupNorm',
+    'ResBlock', 'AttnBlock', 'Downsample', 'Upsample', 'avg_pool',
+]
+
+# Size of the sinusoidal step encoding (Appendix C).
+SINUSOIDAL_DIM = 128
+
+
+def num_groups_for(channels: int, num_groups: int) -> int:
+  """Largest group count ``<= num_groups`` that divides ``channels`` (GroupNorm needs one)."""
+  g = max(1, min(num_groups, channels))
+  while channels % g:
+    g -= 1
+  return g
+
+
+def GroupNorm(channels: int, num_groups: int,  # noqa: N802 (reads like the module it builds)
+              name: Optional[str] = None) -> nn.GroupNorm:
+  """``nn.GroupNorm`` with a group count that always divides ``channels``."""
+  return nn.GroupNorm(num_groups=num_groups_for(channels, num_groups), epsilon=1e-6, name=name)
+
+
+def sinusoidal_embedding(t: Float[ArrayLike, 'B'], dim: int = SINUSOIDAL_DIM,
+                         max_period: float = 10_000.0) -> Float[Array, 'B dim']:
+  """Transformer sinusoidal encoding of (possibly fractional) steps ``t``.
+
+  Args:
+    t: steps, shape ``[B]`` (ints or floats; the raw step number, not rescaled).
+    dim: even embedding size.
+  Returns:
+    ``[B, dim]`` float32: ``[sin(t * f_k), cos(t * f_k)]`` with ``f_k = max_period**(-k/(dim/2))``.
+  """
+  if dim % 2:
+    raise ValueError(f'sinusoidal embedding size must be even, got {dim}')
+  t = jnp.asarray(t, jnp.float32)
+  if t.ndim != 1:
+    raise ValueError(f'steps must have shape [B], got {t.shape}')
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class StepEmbedding(nn.Module):
+  """Sinusoidal encoding of size 128 followed by ``Dense -> SiLU -> Dense``.
+
+  Attributes:
+    features: output size (``4 * ch`` in the U-Nets, as in DDPM).
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, t: Float[ArrayLike, 'B']) -> Float[Array, 'B features']:
+    h = sinusoidal_embedding(t, SINUSOIDAL_DIM)
+    h = nn.Dense(self.features, name='dense0')(h)
+    h = nn.Dense(self.features, name='dense1')(nn.silu(h))
+    return h
+
+
+class ResBlock(nn.Module):
+  """``GN -> SiLU -> conv3x3 (+ Dense(step emb)) -> GN -> SiLU -> dropout -> conv3x3`` + skip.
+
+  Attributes:
+    out_ch: output channels; a 1x1 convolution maps the skip path when they change.
+    num_groups: GroupNorm groups (reduced to a divisor of the channel count if needed).
+    dropout: dropout rate (rng stream ``'dropout'`` when ``deterministic`` is False).
+  """
+  out_ch: int
+  num_groups: int = 32
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Float[Array, 'B H W Cin'], temb: Optional[Float[Array, 'B E']] = None,
+               *, deterministic: bool = True) -> Float[Array, 'B H W out_ch']:
+    h = nn.silu(GroupNorm(x.shape[-1], self.num_groups, name='norm0')(x))
+    h = nn.Conv(self.out_ch, (3, 3), padding=1, name='conv0')(h)
+    if temb is not None:
+      h = h + nn.Dense(self.out_ch, name='temb_proj')(nn.silu(temb))[:, None, None, :]
+    h = nn.silu(GroupNorm(self.out_ch, self.num_groups, name='norm1')(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = nn.Conv(self.out_ch, (3, 3), padding=1, name='conv1')(h)
+    if x.shape[-1] != self.out_ch:
+      x = nn.Conv(self.out_ch, (1, 1), name='skip')(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all ``H*W`` positions, with a residual connection.
+
+  Memory: the attention matrix is ``[B, H*W, H*W]`` floats.
+  """
+  num_groups: int = 32
+
+  @nn.compact
+  def __call__(self, x: Float[Array, 'B H W C']) -> Float[Array, 'B H W C']:
+    b, hgt, wid, c = x.shape
+    h = GroupNorm(c, self.num_groups, name='norm')(x).reshape(b, hgt * wid, c)
+    q = nn.Dense(c, name='q')(h)
+    k = nn.Dense(c, name='k')(h)
+    v = nn.Dense(c, name='v')(h)
+    w = jnp.einsum('bqc,bkc->bqk', q, k) * (c ** -0.5)
+    w = jax.nn.softmax(w, axis=-1)
+    h = jnp.einsum('bqk,bkc->bqc', w, v)
+    h = nn.Dense(c, name='proj_out')(h)
+    return x + h.reshape(b, hgt, wid, c)
+
+
+class Downsample(nn.Module):
+  """Stride-2 3x3 convolution (halves H and W; both must be even)."""
+
+  @nn.compact
+  def __call__(self, x: Float[Array, 'B H W C']) -> Float[Array, 'B H/2 W/2 C']:
+    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=1, name='conv')(x)
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour x2 upsampling followed by a 3x3 convolution."""
+
+  @nn.compact
+  def __call__(self, x: Float[Array, 'B H W C']) -> Float[Array, 'B 2*H 2*W C']:
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return nn.Conv(x.shape[-1], (3, 3), padding=1, name='conv')(x)
+
+
+def avg_pool(x: Float[Array, 'B H W C'], factor: int) -> Float[Array, 'B H/factor W/factor C']:
+  """Exact ``factor x factor`` average pooling (``H`` and ``W`` divisible by ``factor``)."""
+  if factor == 1:
+    return x
+  b, hgt, wid, c = x.shape
+  if hgt % factor or wid % factor:
+    raise ValueError(f'cannot average-pool {hgt}x{wid} by a factor {factor}')
+  return x.reshape(b, hgt // factor, factor, wid // factor, factor, c).mean(axis=(2, 4))
