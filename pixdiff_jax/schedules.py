@@ -111,14 +111,18 @@ def alpha_bar(x_delta: Float[ArrayLike, '*shape'], i: ArrayLike,
               num_steps: int) -> Float[Array, '*shape']:
   """``abar_i = x_delta ** (i/T) = exp(-gamma i x0 / T)`` (eq. 9); ``abar_0 = 1``."""
   check_pixel_aware_args(num_steps=num_steps)
-  return jnp.exp(_step('i', i) / num_steps * log_image_scale(x_delta))
+  # ``i * (log x_delta / T)`` (not ``i / T * log x_delta``) so that ``abar_1 == alpha`` bit for
+  # bit, exactly as :func:`alpha` / :func:`beta` compute it (see one_minus_alpha_bar).
+  return jnp.exp(_step('i', i) * (log_image_scale(x_delta) / num_steps))
 
 
 def one_minus_alpha_bar(x_delta: Float[ArrayLike, '*shape'], i: ArrayLike,
                         num_steps: int) -> Float[Array, '*shape']:
   """``1 - abar_i`` via ``expm1`` (exact for tiny ``gamma i x0 / T``); 0 at ``i = 0``."""
   check_pixel_aware_args(num_steps=num_steps)
-  return -jnp.expm1(_step('i', i) / num_steps * log_image_scale(x_delta))
+  # Same association as :func:`beta` (``log x_delta / T`` first): then ``1 - abar_1 == beta``
+  # exactly in float32, so ``posterior_mean_coefs`` at ``i = 1`` are exactly ``(1, 0)``.
+  return -jnp.expm1(_step('i', i) * (log_image_scale(x_delta) / num_steps))
 
 
 def btilde(x_delta: Float[ArrayLike, '*shape'], i: ArrayLike,
@@ -147,6 +151,10 @@ def posterior_mean_coefs(x_delta: Float[ArrayLike, '*shape'], i: ArrayLike, num_
   im1 = jnp.maximum(i - 1.0, 0.0)
   b = beta(x_delta, num_steps)
   c_x0 = jnp.sqrt(alpha_bar(x_delta, im1, num_steps)) * b / safe
+  # At i = 1, c_x0 = beta / (1 - abar_1) is 1 only if both are rounded identically; XLA does not
+  # guarantee that (constant folding divides exactly, run-time code multiplies by 1/T: measured
+  # c_x0 up to 1 + 4e-7 under jit), so pin it: the posterior at i = 1 is the point mass at x0.
+  c_x0 = jnp.where(i == 1, 1.0, c_x0)
   c_xi = jnp.sqrt(alpha(x_delta, num_steps)) * one_minus_alpha_bar(x_delta, im1, num_steps) / safe
   return jnp.where(i > 0, c_x0, 0.0), jnp.where(i > 0, c_xi, 1.0)
 
@@ -167,13 +175,19 @@ def kl_to_standard_normal(x0: Float[ArrayLike, '*shape'], i: ArrayLike, *, gamma
   """Per-pixel ``KL(q(x_i | x0) || N(0, 1))`` in nats.
 
   The marginal is ``N(sqrt(abar) x0, 1 - abar)``, so
-  ``KL = 0.5 * (abar x0^2 - abar - log(1 - abar))`` (``inf`` at ``i = 0``).
+  ``KL = 0.5 * (abar x0^2 - abar - log(1 - abar))`` (``inf`` at ``i = 0``). The last two terms
+  cancel to ``abar^2 / 2 + ...`` for small ``abar`` (bright pixels, late steps); they are summed
+  as a series there, so the KL is never negative from float32 cancellation.
   """
   x_delta = image_scale(x0, gamma)
   ab = alpha_bar(x_delta, i, num_steps)
   one_m = one_minus_alpha_bar(x_delta, i, num_steps)
   x0 = jnp.asarray(x0)
-  return 0.5 * (ab * jnp.square(x0) - ab - jnp.log(one_m))
+  # -log(1 - a) - a = a^2 (1/2 + a/3 + a^2/4 + ...); 7 terms are float32-exact for a < 0.1.
+  series = jnp.square(ab) * (1 / 2 + ab * (1 / 3 + ab * (1 / 4 + ab * (1 / 5 + ab * (
+      1 / 6 + ab * (1 / 7 + ab / 8))))))
+  rest = jnp.where(ab < 0.1, series, -jnp.log(one_m) - ab)
+  return 0.5 * (ab * jnp.square(x0) + rest)
 
 
 def q_sample(x0: Float[ArrayLike, '*shape'], i: ArrayLike, noise: Float[ArrayLike, '*shape'], *,
