@@ -10,6 +10,7 @@ Any config field can be overridden on the command line, e.g.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import sys
 import time
@@ -30,6 +31,10 @@ flags.DEFINE_string('sample_name', None,
 flags.DEFINE_integer('sample_seed', 0, 'Seed of the sampling RNG (sample mode).')
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() first (multi-host launches).')
+
+
+flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/pixdiff_jax/xla'),
+                    "JAX persistent compilation cache directory ('' disables it).")
 
 
 class UsageError(Exception):
@@ -85,9 +90,28 @@ def _sample(config, workdir: str) -> dict:
           'seconds_per_image_after_compile': float(np.median(steady)) / batch}
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of Orbax and JAX internals; their warnings and errors still show."""
+
+  def filter(self, record):
+    if record.levelno >= std_logging.WARNING:
+      return True
+    path = record.pathname.replace(os.sep, '/')
+    return not any(f'/{lib}/' in path for lib in ('orbax', 'jax', 'jaxlib', 'etils'))
+
+
+def _setup_runtime():
+  std_logging.getLogger('absl').addFilter(_QuietLibraries())
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.compilation_cache:
+    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _setup_runtime()
   config = FLAGS.config
   if config is None:
     raise app.UsageError('--config is required, e.g. --config configs/fashion_mnist.py')

@@ -3,29 +3,19 @@
 T = 500, gamma = 50, Adam lr 2e-4, batch 16, 1.5M iterations per stage. Networks sized to the
 paper's parameter counts (VAE 61.3M, reverse model 84.2M); ``python main.py --config
 configs/celeba.py --mode info`` prints ours: VAE 61.180M, reverse model 80.354M.
-Data: ``tfds:celeb_a`` (prepared TFDS ArrayRecord, images resized to 128x128; see README).
+Data: ``tfds:celeb_a`` (prepared TFDS ArrayRecord, centre-cropped to 140x140 and resized to 128x128 by data.center_crop).
 """
-import importlib.util
-import pathlib
-
-
-def _default():
-  # Loaded by path so this file works from any cwd (ml_collections config_flags loads configs by
-  # path) and when imported as ``configs.celeba``.
-  path = pathlib.Path(__file__).resolve().with_name('default.py')
-  spec = importlib.util.spec_from_file_location('_pixdiff_configs_default', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from pixdiff_jax.config_utils import sibling_config
 
 
 def get_config():
-  config = _default().get_default_config()
+  config = sibling_config(__file__, 'default').get_default_config()
   config.method = 'pixel_aware'
   config.data.dataset = 'tfds:celeb_a'
   config.data.image_size = 128
   config.data.num_channels = 3
   config.data.pad_to_image_size = False
+  config.data.center_crop = 140   # 218x178 -> central 140x140 -> 128x128
   config.data.random_flip = True
 
   config.diffusion.num_steps = 500

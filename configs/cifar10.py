@@ -5,22 +5,11 @@ paper's parameter counts (VAE 30.3M, reverse model 41.2M); ``python main.py --co
 configs/cifar10.py --mode info`` prints ours: VAE 29.997M, reverse model 39.877M.
 Data: ``tfds:cifar10`` (prepared TFDS ArrayRecord; see README).
 """
-import importlib.util
-import pathlib
-
-
-def _default():
-  # Loaded by path so this file works from any cwd (ml_collections config_flags loads configs by
-  # path) and when imported as ``configs.cifar10``.
-  path = pathlib.Path(__file__).resolve().with_name('default.py')
-  spec = importlib.util.spec_from_file_location('_pixdiff_configs_default', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from pixdiff_jax.config_utils import sibling_config
 
 
 def get_config():
-  config = _default().get_default_config()
+  config = sibling_config(__file__, 'default').get_default_config()
   config.method = 'pixel_aware'
   config.data.dataset = 'tfds:cifar10'
   config.data.image_size = 32

@@ -1,10 +1,10 @@
 """DDPM baseline on CIFAR-10 (Ho et al. 2020): 35.7M-parameter U-Net, linear betas
 1e-4..0.02, T = 1000, data in [-1, 1]; the same backbone code as the pixel-aware model."""
-from configs import default
+from pixdiff_jax.config_utils import sibling_config
 
 
 def get_config():
-  config = default.get_default_config()
+  config = sibling_config(__file__, 'default').get_default_config()
   config.method = 'ddpm'
   config.data.dataset = 'tfds:cifar10'
   config.data.image_size = 32

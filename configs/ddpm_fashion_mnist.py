@@ -1,10 +1,10 @@
 """DDPM baseline on Fashion-MNIST: the backbone of ``fashion_mnist.py`` with one epsilon head,
 linear betas 1e-4..0.02, T = 1000, data in [-1, 1] (Ho et al. 2020), sized for 2 CPU cores."""
-from configs import fashion_mnist
+from pixdiff_jax.config_utils import sibling_config
 
 
 def get_config():
-  config = fashion_mnist.get_config()
+  config = sibling_config(__file__, 'fashion_mnist').get_config()
   config.method = 'ddpm'
   config.model.name = 'unet'
   config.diffusion.num_steps = 1000

@@ -29,6 +29,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   data.image_size = 32
   data.num_channels = 1
   data.pad_to_image_size = True  # 28x28 MNIST-like images are zero-padded to image_size
+  data.center_crop = 0       # >0: crop the central KxK square, resize to image_size (CelebA: 140)
   data.random_flip = False
   data.dequantize = False    # uniform dequantisation of the 8-bit values
   data.max_examples = 0      # 0 = all; >0 takes the first N (tests, quick checks)
@@ -51,7 +52,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   vae = config.vae = ml_collections.ConfigDict()
   vae.name = 'scale_vae'
   vae.ch = 64
-  vae.ch_mult = (1, 2, 2)      # downsample until the 4x4 bottleneck
+  vae.ch_mult = (1, 2, 2, 2)   # len-1 downsamplings: 32x32 -> 4x4 bottleneck
   vae.num_res_blocks = 1
   vae.latent_dim = 256
   vae.num_groups = 8

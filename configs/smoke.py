@@ -1,10 +1,10 @@
 """Tiny networks on a slice of Fashion-MNIST that run every stage, checkpoint and sample in well
 under 90 seconds on 2 CPU cores. For tests and quick checks; the samples mean nothing."""
-from configs import default
+from pixdiff_jax.config_utils import sibling_config
 
 
 def get_config():
-  config = default.get_default_config()
+  config = sibling_config(__file__, 'default').get_default_config()
   config.data.dataset = 'fashion_mnist'
   config.data.image_size = 32
   config.data.num_channels = 1
@@ -30,7 +30,7 @@ def get_config():
   config.training.batch_size = 8
   config.training.vae_steps = 6
   config.training.reverse_steps = 6
-  config.training.steps_per_dispatch = 2
+  config.training.steps_per_dispatch = 1
   config.training.log_every = 2
   config.training.checkpoint_every = 4
   config.training.snapshot_every = 6

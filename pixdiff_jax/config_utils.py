@@ -137,3 +137,33 @@ def check_compatible(stored: ml_collections.ConfigDict,
     raise ValueError(
         f'this workdir was trained with a different config in {diffs} (see its config.json); '
         'use a new --workdir or the stored config')
+
+
+
+def load_config_module(path: str):
+  """Imports a config file by path (it need not be on ``sys.path``)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path).resolve()
+  if not path.exists():
+    raise FileNotFoundError(f'config file {path} not found')
+  spec = importlib.util.spec_from_file_location(f'_pixdiff_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def sibling_config(config_file: str, name: str):
+  """The module ``<dir of config_file>/<name>.py``.
+
+  Config files use it to build on ``default.py`` (or another config) from any working
+  directory: ml_collections' ``config_flags`` loads a config by path, so ``configs`` is not
+  necessarily an importable package.
+  """
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(config_file)),
+                                         f'{name}.py'))
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of the config file at ``path``."""
+  return load_config_module(path).get_config()

@@ -251,11 +251,11 @@ class TfdsSource(ImageSource):
   """Lazy reads from a ``tfds.data_source`` (ArrayRecord); only requested rows are decoded."""
 
   def __init__(self, data_source: Any, *, key: str, image_size: int, num_channels: int,
-               pad: bool, max_examples: int = 0, name: str = 'tfds'):
+               pad: bool, max_examples: int = 0, name: str = 'tfds', center_crop: int = 0):
     self.data_source = data_source
     self.key = key
     self.name = name
-    self._size = (image_size, num_channels, pad)
+    self._size = (image_size, num_channels, pad, center_crop)
     n = len(data_source)
     self.num_examples = int(min(n, max_examples) if max_examples > 0 else n)
     self.image_shape = (image_size, image_size, num_channels)
@@ -268,12 +268,12 @@ class TfdsSource(ImageSource):
         raise IndexError(f'index {i} out of range for {self.num_examples} examples')
       rows.append(np.asarray(self.data_source[i][self.key]))
     out = np.empty((len(rows),) + self.image_shape, np.uint8)
-    image_size, num_channels, pad = self._size
+    image_size, num_channels, pad, center_crop = self._size
     for j, row in enumerate(rows):
       if row.dtype != np.uint8:
         raise ValueError(f'{self.name}: feature {self.key!r} has dtype {row.dtype}, not uint8')
       out[j] = fit_to_size(row[None], image_size=image_size, num_channels=num_channels,
-                           pad=pad, what=self.name)[0]
+                           pad=pad, what=self.name, center_crop=center_crop)[0]
     return out
 
 
@@ -300,8 +300,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_channels: int,
-                pad: bool, what: str = 'dataset') -> UInt8[np.ndarray, 'n s s c']:
-  """Checks the stored image size / channels and zero-pads to ``image_size`` when allowed.
+                pad: bool, what: str = 'dataset', center_crop: int = 0
+                ) -> UInt8[np.ndarray, 'n s s c']:
+  """Checks the stored image size / channels; zero-pads, or centre-crops and resizes.
+
+  With ``center_crop = K > 0`` (``config.data.center_crop``) every image is cropped to its
+  central ``K x K`` square and resized (Pillow, antialiased bicubic) to ``image_size``; the
+  usual CelebA preparation is ``K = 140`` from 218x178.
 
   Args:
     images: ``uint8 [N, H, W, C]``.
@@ -321,6 +326,8 @@ def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_ch
   if c != num_channels:
     raise ValueError(f'{what}: images have {c} channels but config.data.num_channels = '
                      f'{num_channels}')
+  if center_crop:
+    return _crop_and_resize(images, center_crop, image_size, what)
   if (h, w) == (image_size, image_size):
     return images
   if h > image_size or w > image_size or not pad:
@@ -331,6 +338,23 @@ def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_ch
   top, left = (image_size - h) // 2, (image_size - w) // 2
   return np.pad(images, ((0, 0), (top, image_size - h - top), (left, image_size - w - left),
                          (0, 0)))
+
+
+def _crop_and_resize(images: np.ndarray, crop: int, size: int, what: str) -> np.ndarray:
+  n, h, w, c = images.shape
+  if not 0 < crop <= min(h, w):
+    raise ValueError(f'{what}: config.data.center_crop = {crop} does not fit {h}x{w} images')
+  top, left = (h - crop) // 2, (w - crop) // 2
+  images = images[:, top:top + crop, left:left + crop]
+  if crop == size:
+    return np.ascontiguousarray(images)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = np.empty((n, size, size, c), np.uint8)
+  for k in range(n):
+    img = Image.fromarray(images[k, ..., 0] if c == 1 else images[k])
+    out[k] = np.asarray(img.resize((size, size), Image.BICUBIC, reducing_gap=None)).reshape(
+        size, size, c)
+  return out
 
 
 def _with_channels(images: np.ndarray) -> np.ndarray:
@@ -453,9 +477,10 @@ def _load_tfds(name: str, data: ml_collections.ConfigDict) -> TfdsSource:
     if len(shape) == 3 and all(s is not None for s in shape):
       fit_to_size(np.zeros((0,) + shape, np.uint8), image_size=data.image_size,
                   num_channels=data.num_channels, pad=data.pad_to_image_size,
-                  what=f'tfds:{name}')
+                  what=f'tfds:{name}', center_crop=data.get('center_crop', 0))
   return TfdsSource(ds, key=key, image_size=data.image_size, num_channels=data.num_channels,
                     pad=data.pad_to_image_size, max_examples=data.max_examples,
+                    center_crop=data.get('center_crop', 0),
                     name=f'tfds:{name}')
 
 
@@ -496,7 +521,8 @@ def load_source(config: ml_collections.ConfigDict, *, split: str | None = None) 
     raise DatasetNotFoundError(f'{dataset}: the data at {data.path or "its default location"} '
                                'hold no images')
   images = fit_to_size(images, image_size=data.image_size, num_channels=data.num_channels,
-                       pad=data.pad_to_image_size, what=dataset)
+                       pad=data.pad_to_image_size, what=dataset,
+                       center_crop=data.get('center_crop', 0))
   return ArraySource(images)
 
 

@@ -410,3 +410,17 @@ def test_unknown_dataset_names():
   assert not isinstance(info.value, data.DatasetNotFoundError)
   with pytest.raises(ValueError, match=r'config\.data\.dataset.*no_such_ds'):
     data.load_source(_config(dataset='tfds:no_such_ds'))
+
+
+def test_center_crop_and_resize_like_celeba():
+  """218x178 images: the central 140x140 square, resized to the configured size."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, 218, 178, 3), dtype=np.uint8)
+  same = data.fit_to_size(images, image_size=140, num_channels=3, pad=False, center_crop=140)
+  np.testing.assert_array_equal(same, images[:, 39:179, 19:159])
+  flat = np.full((1, 218, 178, 3), 77, np.uint8)
+  small = data.fit_to_size(flat, image_size=64, num_channels=3, pad=False, center_crop=140)
+  assert small.shape == (1, 64, 64, 3) and small.dtype == np.uint8
+  np.testing.assert_array_equal(small, 77)  # resizing a constant image keeps it constant
+  with pytest.raises(ValueError, match='center_crop'):
+    data.fit_to_size(images, image_size=64, num_channels=3, pad=False, center_crop=200)

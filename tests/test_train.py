@@ -8,15 +8,15 @@ import numpy as np
 import optax
 import pytest
 
-from configs import smoke
-from pixdiff_jax import checkpointing, train
+from pixdiff_jax import checkpointing, config_utils, train
 from pixdiff_jax.train_state import create_train_state, make_optimizer
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(jax.local_device_count() < 2, reason='needs 2 CPU devices')
 
 
 def _config(**training):
-  config = smoke.get_config()
+  config = config_utils.load_config_file(os.path.join(ROOT, 'configs', 'smoke.py'))
   config.data.max_examples = 64
   for k, v in training.items():
     config.training[k] = v
@@ -41,8 +41,7 @@ def test_pmap_step_equals_single_device_step(stage_name):
   key = jax.random.PRNGKey(7)
   x0 = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 32, 32, 1), minval=4e-3, maxval=1.0)
 
-  step = train.get_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=False)
-  p_step = train.get_p_train_step(step)
+  p_step = train.get_p_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=False)
   p_state, _ = p_step(flax.jax_utils.replicate(state), x0[:, None], key,
                       flax.jax_utils.replicate(stage.aux))
   got = flax.jax_utils.unreplicate(p_state)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from pixdiff_jax.models.layers import AttnBlock, GroupNorm, ResBlock
+from pixdiff_jax.models.layers import AttnBlock, GroupNorm, ResBlock, ShiftConv
 from pixdiff_jax.models.unet import Fuse, UNetBackbone
 
 __all__ = ['Head', 'THeadUNet', 'scale_features', 'head_mask']
@@ -56,14 +56,15 @@ class Head(nn.Module):
   def __call__(self, h: Float[Array, 'B H W F']) -> Float[Array, 'B H W out_ch']:
     # Heads are narrow: at most num_groups groups, and at least 4 channels per group.
     groups = min(self.num_groups, max(1, self.ch // 4))
-    h = nn.Conv(self.ch, (1, 1), name='proj_in')(h)
+    # ShiftConv, not nn.Conv: see its docstring (grouped convolutions under vmap).
+    h = ShiftConv(self.ch, 1, name='proj_in')(h)
     for r in range(self.num_res_blocks):
-      h = ResBlock(self.ch, groups, self.dropout, name=f'res{r}')(
+      h = ResBlock(self.ch, groups, self.dropout, shift_conv=True, name=f'res{r}')(
           h, None, deterministic=self.deterministic)
       if self.attention:
         h = AttnBlock(groups, name=f'attn{r}')(h)
     h = nn.silu(GroupNorm(self.ch, groups, name='norm_out')(h))
-    return nn.Conv(self.out_ch, (3, 3), padding=1, name='conv_out')(h)
+    return ShiftConv(self.out_ch, 3, name='conv_out')(h)
 
 
 class THeadUNet(nn.Module):
