@@ -81,7 +81,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   training.steps_per_dispatch = 1  # train steps fused with lax.scan per pmap call
   training.log_every = 50
   training.checkpoint_every = 500
-  training.snapshot_every = 1000  # sample grid PNG
+  training.snapshot_every = 1000  # sample grid PNG (and at the end of a stage); 0 = never
   training.keep_checkpoints = 2
   training.ema_warmup = True     # EMA decay min(decay, (1+n)/(10+n))
 

@@ -261,7 +261,8 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
         pbar.update(k)
         if done or step % t.checkpoint_every < k:
           save(step)
-        if stage.snapshot_fn is not None and is_main and (done or step % t.snapshot_every < k):
+        if (stage.snapshot_fn is not None and is_main and t.snapshot_every > 0
+            and (done or step % t.snapshot_every < k)):
           _snapshot(workdir, stage, flax.jax_utils.unreplicate(p_state.ema_params), key, step)
   except KeyboardInterrupt:
     logging.warning('stage %s interrupted at step %d: writing a checkpoint', stage.name, step)
