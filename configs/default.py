@@ -39,8 +39,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   diffusion.num_steps = 200    # T
   diffusion.gamma = 20.0       # pixel-aware rate; eq. 7-9
   diffusion.eps = 4e-3         # x0 lies in [eps, 1]
-  # Head targets of the reverse model: 'cumulative' (paper, eps_tilde_j) or 'increment'.
-  diffusion.target = 'increment'
+  # Head targets of the reverse model: 'cumulative' (paper, eps_tilde_j) or 'increment'
+  # (u_j of the chain's own step noise: with it Algorithm 1 at eta=0 inverts the chain).
+  diffusion.target = 'cumulative'
+  # Weight of the diagonal head j = i in the reverse loss (1 = eq. 15, every active head alike).
+  diffusion.diagonal_weight = 1.0
   # Scale fed to R while training: 'vae' (frozen stage-1 estimate) or 'true'.
   diffusion.scale_source = 'vae'
   # Scalar schedule of the DDPM baseline: 'linear' (1e-4..0.02) or 'cosine'.
@@ -57,6 +60,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   vae.latent_dim = 256
   vae.num_groups = 8
   vae.kl_weight = 1e-3
+  vae.loss_space = 'scale'      # MSE on x_delta (DESIGN) | 'x0': on the implied image
 
   # ---------------------------------------------------------------- reverse model R
   model = config.model = ml_collections.ConfigDict()
@@ -105,6 +109,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   sampling.eta = 0.0
   sampling.clip_denoised = True
   sampling.prior = 'scale'      # 'standard' (paper) | 'scale'
+  # 'recursion' (Algorithm 1 per block) | 'x0_jump' (clean-image estimate, then DDIM step)
+  sampling.update = 'recursion'
   sampling.num_steps = 50       # S for DDIM / DPM-Solver
   sampling.batch_size = 64
   sampling.use_ema = True

@@ -1,6 +1,7 @@
 """Orbax checkpoints: one ``CheckpointManager`` per training stage in ``WORKDIR/checkpoints/<stage>``."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -22,9 +23,19 @@ class StageCheckpointer:
       raise FileNotFoundError(
           f'no checkpoints for stage {stage!r} in {self.directory}; train it first with '
           f'`python main.py --config CONFIG --workdir {workdir} --mode train`')
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           read_only=read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    if read_only:
+      options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0,
+                                             create=False, read_only=True)
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    absl_logger = logging.getLogger('absl')
+    level = absl_logger.level
+    if read_only:  # orbax warns "Given directory is read only" on every read-only manager
+      absl_logger.setLevel(logging.ERROR)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    finally:
+      absl_logger.setLevel(level)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

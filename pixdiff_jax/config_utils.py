@@ -11,14 +11,18 @@ import ml_collections
 METHODS = ('pixel_aware', 'ddpm')
 SAMPLERS = {'pixel_aware': ('parallel',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}
 PRIORS = ('standard', 'scale')
-TARGETS = ('cumulative', 'increment')
+UPDATES = ('recursion', 'x0_jump')
+TARGETS = ('cumulative', 'increment', 'v')
 
 # Named bundles of sampler settings. 'paper' is Algorithm 1 taken literally (one network call,
-# fresh noise eta=1, no clipping, x_T ~ N(0, I)). 'consistent' is the variant that inverts the
-# training chain (see docs/results.md for what each one measures).
+# fresh noise eta=1, no clipping, x_T ~ N(0, I)). 'consistent' starts from the distribution x_T
+# had in training (the VAE's scale prior) and, at each of the config's K network calls, clips
+# the clean-image estimate into [eps, 1] and takes a deterministic DDIM step of the per-pixel
+# schedule (docs/results.md measures both).
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
-    'paper': dict(network_calls=1, eta=1.0, clip_denoised=False, prior='standard'),
-    'consistent': dict(eta=0.0, clip_denoised=True, prior='scale'),
+    'paper': dict(network_calls=1, eta=1.0, clip_denoised=False, prior='standard',
+                  update='recursion'),
+    'consistent': dict(eta=0.0, clip_denoised=True, prior='scale', update='x0_jump'),
     'custom': {},
 }
 
@@ -48,6 +52,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'diffusion.target must be one of {TARGETS}, got {d.target!r}')
     if d.scale_source not in ('vae', 'true'):
       raise ValueError(f"diffusion.scale_source must be 'vae' or 'true', got {d.scale_source!r}")
+    if not d.get('diagonal_weight', 1.0) > 0:
+      raise ValueError(f'diffusion.diagonal_weight must be > 0, got {d.diagonal_weight!r}')
+    if config.vae.get('loss_space', 'scale') not in ('scale', 'x0'):
+      raise ValueError(f"vae.loss_space must be 'scale' or 'x0', got {config.vae.loss_space!r}")
   if not 0 < d.eps < 1:
     raise ValueError(f'diffusion.eps must lie in (0, 1), got {d.eps!r}')
   t = config.training
@@ -73,6 +81,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str, Any]:
   """Effective sampler settings: config.sampling, then its preset, then ``overrides``."""
   s = config.sampling.to_dict()
+  s.setdefault('update', 'recursion')  # configs saved before the field existed
   preset = overrides.pop('preset', s['preset'])
   if preset not in SAMPLING_PRESETS:
     raise ValueError(f'sampling preset must be one of {tuple(SAMPLING_PRESETS)}, got {preset!r}')
@@ -82,6 +91,8 @@ def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str
   if unknown:
     raise ValueError(f'unknown sampler settings {sorted(unknown)}; known: {sorted(s)}')
   s.update(overrides)
+  if s['update'] not in UPDATES:
+    raise ValueError(f'sampling.update must be one of {UPDATES}, got {s["update"]!r}')
   if s['prior'] not in PRIORS:
     raise ValueError(f'sampling.prior must be one of {PRIORS}, got {s["prior"]!r}')
   if config.method == 'pixel_aware':

@@ -32,7 +32,7 @@ PyTree = Any
 Metrics = dict[str, Array]
 LossFn = Callable[..., tuple[Array, Metrics]]
 
-_TARGETS = ('cumulative', 'increment')
+_TARGETS = ('cumulative', 'increment', 'v')
 _SCALE_SOURCES = ('vae', 'true')
 
 
@@ -46,6 +46,9 @@ def _bcast(v: Array, x: Array) -> Array:
   return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+VAE_LOSS_SPACES = ('scale', 'x0')
+
+
 def gaussian_kl(mean: Float[Array, 'B L'], logvar: Float[Array, 'B L']) -> Float[Array, 'B']:
   """``KL(N(mean, exp(logvar)) || N(0, I))`` per example, summed over latent dims (nats)."""
   return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
@@ -53,14 +56,17 @@ def gaussian_kl(mean: Float[Array, 'B L'], logvar: Float[Array, 'B L']) -> Float
 
 # ---------------------------------------------------------------------------- stage 1: VAE
 def get_vae_loss_fn(config: ml_collections.ConfigDict, vae: models.ScaleVAE) -> LossFn:
-  """Loss of the scale estimator ``G``: MSE on ``x_delta`` plus a weighted KL.
+  """Loss of the scale estimator ``G``: MSE on ``x_delta`` (or on ``x0``) plus a weighted KL.
 
   ``loss_fn(params, batch_x0, rng, *, train=True) -> (loss, metrics)``:
 
   * ``i ~ U{1..T}`` per example, ``x_i = q_sample(x0, i, noise)`` (eq. 9);
   * ``x_delta_hat, mean, logvar = G(x_i, i)``, with a posterior sample (rng stream ``'latent'``)
     when ``train`` and the posterior mean otherwise;
-  * ``mse`` = mean over all pixels of ``(x_delta_hat - exp(-gamma x0))**2``;
+  * ``mse`` = mean over all pixels of ``(x_delta_hat - exp(-gamma x0))**2`` with
+    ``vae.loss_space='scale'`` (DESIGN.md); with ``'x0'`` of ``(x0_hat - x0)**2``, where
+    ``x0_hat = -log(x_delta_hat) / gamma``. The scale-space error hardly sees bright pixels:
+    ``d x_delta / d x0 = -gamma exp(-gamma x0)`` is ``4.5e-4`` at ``x0 = 1``, ``gamma = 10``;
   * ``kl`` = ``KL(q(z | x_i) || N(0, I))`` in nats per example (summed over the latent, mean over
     the batch); the loss uses it per pixel, ``kl_per_pixel = kl / (H W C)``, so that
     ``loss = mse + vae.kl_weight * kl_per_pixel`` is the negative ELBO of a Gaussian decoder of
@@ -76,6 +82,9 @@ def get_vae_loss_fn(config: ml_collections.ConfigDict, vae: models.ScaleVAE) -> 
   kl_weight = float(config.vae.kl_weight)
   if kl_weight < 0:
     raise ValueError(f'vae.kl_weight={kl_weight} must be >= 0')
+  loss_space = config.vae.get('loss_space', 'scale')
+  if loss_space not in VAE_LOSS_SPACES:
+    raise ValueError(f'vae.loss_space must be one of {VAE_LOSS_SPACES}, got {loss_space!r}')
 
   def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
               train: bool = True) -> tuple[Array, Metrics]:
@@ -86,12 +95,15 @@ def get_vae_loss_fn(config: ml_collections.ConfigDict, vae: models.ScaleVAE) -> 
     x_i = schedules.q_sample(x0, _bcast(i, x0), noise, gamma=gamma, num_steps=num_steps)
     x_delta_hat, mean, logvar = vae.apply({'params': params}, x_i, i, sample_posterior=train,
                                           rngs={'latent': rng_latent})
-    x_delta = schedules.image_scale(x0, gamma)
-    mse = jnp.mean(jnp.square(x_delta_hat - x_delta))
+    x0_hat = schedules.x0_from_scale(x_delta_hat, gamma)
+    if loss_space == 'scale':
+      mse = jnp.mean(jnp.square(x_delta_hat - schedules.image_scale(x0, gamma)))
+    else:
+      mse = jnp.mean(jnp.square(x0_hat - x0))
     kl = jnp.mean(gaussian_kl(mean, logvar))
     kl_per_pixel = kl / np.prod(x0.shape[1:])
     loss = mse + kl_weight * kl_per_pixel
-    x0_mae = jnp.mean(jnp.abs(schedules.x0_from_scale(x_delta_hat, gamma) - x0))
+    x0_mae = jnp.mean(jnp.abs(x0_hat - x0))
     return loss, {'mse': mse, 'kl': kl, 'kl_per_pixel': kl_per_pixel, 'x0_mae': x0_mae}
 
   return loss_fn
@@ -142,7 +154,10 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     pairs, ``sum_{b, j <= i_b} mean_pix (Z^j_b - target^j_b)**2 / sum_b i_b``. Every active
     head term has the same weight, so the gradient is that of eq. 15's sum over heads
     ``sum_j L(phi, j)`` up to one positive factor per batch; inactive heads contribute exactly
-    nothing (neither value nor gradient).
+    nothing (neither value nor gradient). ``diffusion.diagonal_weight = w`` (default 1, the
+    paper) weighs the diagonal head ``j = i`` of each example ``w`` times (the one head that
+    the ``x0_jump`` sampler reads at step ``i``): ``sum (se * W) / sum W`` with ``W = mask``
+    plus ``w - 1`` at ``(b, i_b)``.
 
   Metrics: ``mse_head_1`` (head 1, active for every example), ``mse_head_i`` (head ``j = i``,
   the first one Algorithm 1 uses), ``active_heads`` (mean number of active heads).
@@ -158,6 +173,10 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     raise ValueError("diffusion.scale_source='vae' needs the stage-1 VAE: pass vae=")
   if getattr(model, 'num_heads', num_steps) != num_steps:
     raise ValueError(f'model has {model.num_heads} heads but diffusion.num_steps={num_steps}')
+
+  diagonal_weight = float(d.get('diagonal_weight', 1.0))
+  if not diagonal_weight > 0:
+    raise ValueError(f'diffusion.diagonal_weight must be > 0, got {diagonal_weight!r}')
 
   def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
               vae_params: PyTree = None, train: bool = True) -> tuple[Array, Metrics]:
@@ -176,8 +195,9 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     se = jnp.mean(jnp.square(z - ex['targets']), axis=(2, 3, 4))  # [B, T]
     mask = ex['mask'].astype(se.dtype)
     num_active = jnp.sum(mask)
-    loss = jnp.sum(se * mask) / num_active
     batch = jnp.arange(x0.shape[0])
+    weight = mask.at[batch, i - 1].add(diagonal_weight - 1.0)
+    loss = jnp.sum(se * weight) / jnp.sum(weight)
     return loss, {'mse_head_1': jnp.mean(se[:, 0]), 'mse_head_i': jnp.mean(se[batch, i - 1]),
                   'active_heads': num_active / x0.shape[0]}
 

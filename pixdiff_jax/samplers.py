@@ -63,6 +63,10 @@ __all__ = [
 EPS = 4e-3  # images x0 lie in [EPS, 1] (DESIGN.md section 1)
 
 ModelFn = Callable[[Array, Array, Array], Array]
+Update = Literal['recursion', 'x0_jump']
+Target = Literal['cumulative', 'increment', 'v']
+UPDATES = ('recursion', 'x0_jump')
+TARGETS = ('cumulative', 'increment', 'v')
 EpsFn = Callable[[Array, Array], Array]
 
 
@@ -183,7 +187,7 @@ def _pixel_step(x: Array, z: Array, n: Array | None, j: Array, *, x_delta: Array
   return mean + eta * std * n
 
 
-def _run_steps(x: Array, *, z_at: Callable[[Array], Array],
+def _run_steps(x: Array, *, z_at: Callable[[Array, Array], Array],
                noise_at: Callable[[Array], Array] | None, hi: Array, lo: Array,
                i: Array | None, length: int, x_delta: Array, num_steps: int, eta: Any,
                clip_denoised: bool, eps: float) -> Array:
@@ -203,7 +207,7 @@ def _run_steps(x: Array, *, z_at: Callable[[Array], Array],
     if i is not None:
       active = active & (j <= i_b)
     n = None if noise_at is None else noise_at(jc)
-    x_new = _pixel_step(x, z_at(jc), n, jc.astype(x.dtype), x_delta=x_delta,
+    x_new = _pixel_step(x, z_at(jc, x), n, jc.astype(x.dtype), x_delta=x_delta,
                         num_steps=num_steps, eta=eta, clip_denoised=clip_denoised, eps=eps)
     return jnp.where(active, x_new, x), None
 
@@ -264,7 +268,7 @@ def parallel_reverse(x_i: Float[ArrayLike, '*shape'], i: ArrayLike,
 def _parallel_reverse_jit(x, i, x_delta_hat, Z, noise, eta, *, num_steps, clip_denoised, eps):
   """The validated core of :func:`parallel_reverse`; jitted so that eager calls reuse it."""
   x_delta = _clamp_scale(jnp.broadcast_to(x_delta_hat, x.shape))
-  z_at = lambda j: jax.lax.dynamic_index_in_dim(Z, j - 1, 0, keepdims=False)
+  z_at = lambda j, x: jax.lax.dynamic_index_in_dim(Z, j - 1, 0, keepdims=False)
   noise_at = None
   if noise is not None:
     noise_at = lambda j: jax.lax.dynamic_index_in_dim(noise, j - 1, 0, keepdims=False)
@@ -305,7 +309,8 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
                              x_delta_hat: Float[ArrayLike, '*shape'], rng: jax.Array | None, *,
                              num_steps: int, network_calls: int = 1,
                              eta: float | ArrayLike = 1.0, clip_denoised: bool = False,
-                             eps: float = EPS, start_step: int | ArrayLike | None = None
+                             eps: float = EPS, start_step: int | ArrayLike | None = None,
+                             update: Update = 'recursion', target: Target = 'cumulative'
                              ) -> Float[Array, '*shape']:
   """Block-sequential sampling: re-evaluate the T-head model at K evenly spaced steps.
 
@@ -330,6 +335,14 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     eta, clip_denoised, eps: as in :func:`parallel_reverse`.
     start_step: the step of ``x_T``; ``None`` = ``T``. A Python int, or a traced int scalar
       (then blocks may be empty when it is < K; K evaluations happen regardless).
+    update: ``'recursion'`` (above; the paper) or ``'x0_jump'``: each block estimates the clean
+      image from its call at ``t_k`` (:func:`x0_estimate` with ``target``), clips it into
+      ``[eps, 1]`` if ``clip_denoised``, and moves to ``t_{k+1}`` with the DDIM update of the
+      per-pixel schedule (:func:`x0_jump`; ``eta = 1`` with ``K = T`` is ancestral sampling).
+    target: what the heads predict (``config.diffusion.target``): ``'cumulative'`` and
+      ``'increment'`` are read as above; ``'v'`` heads are turned into
+      ``eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j`` for the recursion, and give
+      ``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_t`` for ``'x0_jump'``.
   Returns:
     ``x0_hat`` of shape ``S`` (float32).
   """
@@ -359,16 +372,20 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     his, los = bounds[:-1], bounds[1:]
     length = -(-num_steps // k)
 
+  if update not in UPDATES:
+    raise ValueError(f'update must be one of {UPDATES}, got {update!r}')
+  if target not in TARGETS:
+    raise ValueError(f'target must be one of {TARGETS}, got {target!r}')
   return _block_sequential_jit(model_fn, x.astype(dtype), x_delta_hat, rng,
                                jnp.asarray(eta, dtype), his, los, length=length,
                                num_steps=num_steps, clip_denoised=bool(clip_denoised),
-                               eps=float(eps))
+                               eps=float(eps), update=update, target=target)
 
 
 @functools.partial(jax.jit, static_argnames=('model_fn', 'length', 'num_steps', 'clip_denoised',
-                                             'eps'))
+                                             'eps', 'update', 'target'))
 def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, length, num_steps,
-                          clip_denoised, eps):
+                          clip_denoised, eps, update, target):
   """The validated core of :func:`block_sequential_reverse` (jitted, keyed on ``model_fn``)."""
   shape, dtype = x.shape, x.dtype
   x_delta = _clamp_scale(jnp.broadcast_to(x_delta_hat.astype(dtype), shape))
@@ -380,7 +397,24 @@ def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, lengt
     hi, lo = hi_lo
     Z = model_fn(x, x_delta_hat, hi)
     Z = _check_stack('model_fn output Z', Z, num_steps, shape).astype(dtype)
-    z_at = lambda j: jax.lax.dynamic_index_in_dim(Z, j - 1, 0, keepdims=False)
+    head = lambda j: jax.lax.dynamic_index_in_dim(Z, j - 1, 0, keepdims=False)
+    if target == 'v':  # the recursion reads eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j
+      def z_at(j, x_j):
+        jf = j.astype(dtype)
+        return (jnp.sqrt(schedules.one_minus_alpha_bar(x_delta, jf, num_steps)) * x_j
+                + jnp.sqrt(schedules.alpha_bar(x_delta, jf, num_steps)) * head(j))
+    else:
+      z_at = lambda j, x_j: head(j)
+    if update == 'x0_jump':
+      hi_safe = jnp.maximum(hi, 1)  # empty blocks (hi <= lo) leave x unchanged
+      x0 = _x0_estimate(x, head, z_at, hi_safe, x_delta=x_delta, num_steps=num_steps,
+                        target=target)
+      if clip_denoised:
+        x0 = jnp.clip(x0, eps, 1.0)
+      n = None if noise_at is None else noise_at(hi_safe)
+      x_lo = _x0_jump(x, x0, hi_safe, jnp.minimum(lo, hi_safe), n, x_delta=x_delta,
+                      num_steps=num_steps, eta=eta)
+      return jnp.where(hi > lo, x_lo, x), None
     x = _run_steps(x, z_at=z_at, noise_at=noise_at, hi=hi, lo=lo, i=None, length=length,
                    x_delta=x_delta, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
                    eps=eps)
@@ -388,6 +422,48 @@ def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, lengt
 
   x, _ = jax.lax.scan(block, x, (his, los))
   return x
+
+
+def _x0_estimate(x, head, z_at, t, *, x_delta, num_steps, target):
+  """Clean image implied by the heads of one call at step ``t`` (``t >= 1``, traced)."""
+  tf = t.astype(x.dtype)
+  if target == 'cumulative':
+    one_m_ab = schedules.one_minus_alpha_bar(x_delta, tf, num_steps)
+    return (x - jnp.sqrt(one_m_ab) * head(t)) * jnp.exp(
+        -0.5 * tf * (jnp.log(x_delta) / num_steps))
+  if target == 'v':  # x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_t: no amplification
+    return (jnp.sqrt(schedules.alpha_bar(x_delta, tf, num_steps)) * x
+            - jnp.sqrt(schedules.one_minus_alpha_bar(x_delta, tf, num_steps)) * head(t))
+  # increment: invert the chain, steps t..1, with the predicted step noises (eta = 0).
+  return _run_steps(x, z_at=z_at, noise_at=None, hi=t, lo=jnp.zeros_like(t), i=None,
+                    length=num_steps, x_delta=x_delta, num_steps=num_steps, eta=0.0,
+                    clip_denoised=False, eps=0.0)
+
+
+def _x0_jump(x, x0, hi, lo, noise, *, x_delta, num_steps, eta):
+  """DDIM step ``x_hi -> x_lo`` of the per-pixel schedule for a given clean image ``x0``.
+
+  ``x_lo = sqrt(abar_lo) x0 + sqrt(1 - abar_lo - s^2) eps_hat + s noise`` with
+  ``eps_hat = (x_hi - sqrt(abar_hi) x0) / sqrt(1 - abar_hi)`` and
+  ``s = eta sqrt((1 - abar_lo) / (1 - abar_hi) (1 - abar_hi / abar_lo))``; ``lo = 0`` gives ``x0``.
+  """
+  hf, lf = hi.astype(x.dtype), lo.astype(x.dtype)
+  ab_hi = schedules.alpha_bar(x_delta, hf, num_steps)
+  ab_lo = schedules.alpha_bar(x_delta, lf, num_steps)
+  om_hi = schedules.one_minus_alpha_bar(x_delta, hf, num_steps)
+  om_lo = schedules.one_minus_alpha_bar(x_delta, lf, num_steps)
+  # 1 - abar_hi / abar_lo = 1 - x_delta^((hi - lo) / T), without cancellation.
+  om_ratio = schedules.one_minus_alpha_bar(x_delta, hf - lf, num_steps)
+  var = jnp.square(eta) * om_lo * om_ratio / om_hi
+  if noise is None:
+    var = jnp.zeros_like(var)
+  # sqrt(1 - abar_lo - s^2) / sqrt(1 - abar_hi), as one ratio (both vanish for dark pixels).
+  c_eps = jnp.sqrt(jnp.maximum(om_lo - var, 0.0) / om_hi)
+  x_lo = jnp.sqrt(ab_lo) * x0 + c_eps * (x - jnp.sqrt(ab_hi) * x0)
+  if noise is not None:
+    pos = var > 0
+    x_lo = x_lo + jnp.where(pos, jnp.sqrt(jnp.where(pos, var, 1.0)), 0.0) * noise
+  return x_lo
 
 
 # ---------------------------------------------------------------------------- scalar baselines

@@ -118,7 +118,7 @@ def _pixel_aware_sample_fn(config, shape, s):
 
     x0 = samplers.block_sequential_reverse(
         model_fn, x_T, x_delta_hat, k_loop, num_steps=T, network_calls=K, eta=s['eta'],
-        clip_denoised=s['clip_denoised'], eps=d.eps)
+        clip_denoised=s['clip_denoised'], eps=d.eps, update=s['update'], target=d.target)
     return to_unit_interval(x0, config)
 
   return sample_fn, K

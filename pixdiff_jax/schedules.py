@@ -240,13 +240,18 @@ def increment_scale(x_delta: Float[ArrayLike, '*shape'], j: ArrayLike,
 
 def chain_targets(xs: Float[ArrayLike, 'T+1 *shape'], e: Float[ArrayLike, 'T *shape'],
                   x0: Float[ArrayLike, '*shape'], *, gamma: float, num_steps: int,
-                  target: Literal['cumulative', 'increment']) -> Float[Array, 'T *shape']:
+                  target: Literal['cumulative', 'increment', 'v']) -> Float[Array, 'T *shape']:
   """Head targets for every step ``j = 1..T`` of one simulated chain (index ``j-1``).
 
   * ``'cumulative'`` (paper, "similar to DDPM"): ``eps_tilde_j = (x_j - sqrt(abar_j) x0) /
     sqrt(1 - abar_j)``, the standardised total noise in ``x_j``.
   * ``'increment'``: ``u_j = sqrt((1 - abar_j) / beta) * e_j``, which makes Algorithm 1 with
     ``eta = 0`` invert the chain exactly.
+  * ``'v'``: ``v_j = sqrt(abar_j) eps_tilde_j - sqrt(1 - abar_j) x0`` (Salimans & Ho's
+    v-parametrisation on the per-pixel schedule): ``x0 = sqrt(abar_j) x_j - sqrt(1 - abar_j) v_j``
+    and ``eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j``, with coefficients at most 1,
+    where reading ``x0`` off an ``eps_tilde`` prediction multiplies its error by
+    ``sqrt((1 - abar_j) / abar_j)``.
   """
   check_pixel_aware_args(gamma=gamma, num_steps=num_steps)
   x0 = _as_float('x0', x0)
@@ -259,10 +264,14 @@ def chain_targets(xs: Float[ArrayLike, 'T+1 *shape'], e: Float[ArrayLike, 'T *sh
   j = jnp.arange(1, num_steps + 1, dtype=x0.dtype).reshape((-1,) + (1,) * x0.ndim)
   if target == 'increment':
     return increment_scale(x_delta, j, num_steps) * e
-  if target == 'cumulative':
+  if target in ('cumulative', 'v'):
     ab = alpha_bar(x_delta, j, num_steps)
-    return (xs[1:] - jnp.sqrt(ab) * x0) / jnp.sqrt(one_minus_alpha_bar(x_delta, j, num_steps))
-  raise ValueError(f"target must be 'cumulative' or 'increment', got {target!r}")
+    om = one_minus_alpha_bar(x_delta, j, num_steps)
+    eps_tilde = (xs[1:] - jnp.sqrt(ab) * x0) / jnp.sqrt(om)
+    if target == 'cumulative':
+      return eps_tilde
+    return jnp.sqrt(ab) * eps_tilde - jnp.sqrt(om) * x0
+  raise ValueError(f"target must be 'cumulative', 'increment' or 'v', got {target!r}")
 
 
 # ---------------------------------------------------------------------------- scalar baselines

@@ -107,6 +107,13 @@ def test_reverse_loss_inputs_targets_and_normalisation(target, scale_source):
   np.testing.assert_allclose(metrics['mse_head_1'], c[0] ** 2, rtol=1e-3)
   np.testing.assert_allclose(metrics['mse_head_i'], np.mean(c[i - 1] ** 2), rtol=1e-4)
   np.testing.assert_allclose(metrics['active_heads'], np.mean(i), rtol=1e-6)
+  # diagonal_weight w: the diagonal term (b, i_b) counts w times in the weighted mean.
+  config.diffusion.diagonal_weight = 3.0
+  loss_w = jax.jit(losses.get_reverse_loss_fn(config, stub, vae))(params, x0, rng,
+                                                                 vae_params=vae_params)[0]
+  diag = c[i - 1] ** 2
+  expected_w = (np.sum(active * c[None] ** 2) + 2.0 * np.sum(diag)) / (np.sum(active) + 2.0 * B)
+  np.testing.assert_allclose(loss_w, expected_w, rtol=1e-4)
   if scale_source == 'vae':  # the VAE is frozen
     g = jax.grad(lambda vp: loss_fn(params, x0, rng, vae_params=vp)[0])(vae_params)
     assert all(np.all(np.asarray(leaf) == 0.0) for leaf in jax.tree.leaves(g))
@@ -127,9 +134,11 @@ def test_reverse_loss_config_errors():
     loss_fn({'z': jnp.zeros((B, T, S, S, C))}, _images(), jax.random.key(0))
 
 
-def test_vae_loss_by_hand():
+@pytest.mark.parametrize('loss_space', ['scale', 'x0'])
+def test_vae_loss_by_hand(loss_space):
   config = tiny_config()
   config.vae.kl_weight = 0.5
+  config.vae.loss_space = loss_space
   vae = models.build_vae(config)
   params = numpy_init(vae, config)
   apply = jit_apply(vae)
@@ -144,7 +153,10 @@ def test_vae_loss_by_hand():
   xd, mean, logvar = (np.asarray(a, np.float64) for a in apply(
       {'params': params}, jnp.asarray(x_i, jnp.float32), i, sample_posterior=True,
       rngs={'latent': rng_latent}))
-  mse = np.mean((xd - np.exp(-GAMMA * x0_64)) ** 2)
+  if loss_space == 'scale':
+    mse = np.mean((xd - np.exp(-GAMMA * x0_64)) ** 2)
+  else:
+    mse = np.mean((-np.log(xd) / GAMMA - x0_64) ** 2)
   kl = np.mean(0.5 * np.sum(mean ** 2 + np.exp(logvar) - 1 - logvar, axis=-1))
   loss, metrics = loss_fn(params, x0, rng)
   np.testing.assert_allclose(metrics['mse'], mse, rtol=1e-4)
@@ -152,6 +164,11 @@ def test_vae_loss_by_hand():
   np.testing.assert_allclose(metrics['kl_per_pixel'], kl / (S * S * C), rtol=1e-4)
   np.testing.assert_allclose(loss, mse + 0.5 * kl / (S * S * C), rtol=1e-4)
   assert kl > 0 and mse > 0
+  np.testing.assert_allclose(metrics['x0_mae'], np.mean(np.abs(-np.log(xd) / GAMMA - x0_64)),
+                             rtol=1e-4)
+  config.vae.loss_space = 'log'
+  with pytest.raises(ValueError, match='vae.loss_space'):
+    losses.get_vae_loss_fn(config, vae)
 
 
 class EchoEps(nn.Module):

@@ -232,7 +232,13 @@ def test_chain_targets(mc_chain):
   inc = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='increment')
   want_inc = np.sqrt((1 - r['abar']) / r['beta']) * e64
   np.testing.assert_allclose(inc, want_inc, rtol=5e-5, atol=1e-6)
-  chex.assert_tree_all_finite((cum, inc))
+  v = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='v')
+  want_v = np.sqrt(r['abar']) * want_cum - np.sqrt(1 - r['abar']) * x0_np
+  np.testing.assert_allclose(v, want_v, rtol=1e-4, atol=2e-4)
+  # ... and x0 = sqrt(abar_j) x_j - sqrt(1 - abar_j) v_j for every step of the chain.
+  np.testing.assert_allclose(np.sqrt(r['abar']) * xs64[1:] - np.sqrt(1 - r['abar']) * v,
+                             np.broadcast_to(x0_np, want_v.shape), atol=2e-4)
+  chex.assert_tree_all_finite((cum, inc, v))
   # Algorithm 1's subtraction beta / sqrt(1 - abar_j) * u_j is exactly the chain's increment.
   np.testing.assert_allclose(r['beta'] / np.sqrt(1 - r['abar']) * np.asarray(inc, np.float64),
                              np.sqrt(r['beta']) * e64, rtol=5e-5, atol=1e-7)
