@@ -60,11 +60,13 @@ def _sample(config, workdir: str) -> dict:
     raise UsageError(f'--num_samples must be >= 1, got {n}')
   batch = min(config.sampling.batch_size, n)
   s = config.sampling
-  overrides = dict(preset=s.preset, sampler=s.sampler, network_calls=s.network_calls,
-                   eta=s.eta, clip_denoised=s.clip_denoised, prior=s.prior,
-                   num_steps=s.num_steps)
-  sample_fn, variables = sampling.load_sampler(workdir, batch_size=batch, use_ema=s.use_ema,
-                                               **overrides)
+  # The command line's sampling section with its preset applied is the whole sampler; passed
+  # as 'custom' so that the workdir's stored sampling fields play no part.
+  settings = config_utils.sampler_settings(config)
+  fields = ('sampler', 'network_calls', 'eta', 'clip_denoised', 'prior', 'update', 'num_steps')
+  sample_fn, variables = sampling.load_sampler(
+      workdir, batch_size=batch, use_ema=s.use_ema, preset='custom',
+      **{k: settings[k] for k in fields})
   jitted = jax.jit(sample_fn)
   key = jax.random.PRNGKey(FLAGS.sample_seed)
   chunks, times = [], []
@@ -74,9 +76,9 @@ def _sample(config, workdir: str) -> dict:
     times.append(time.perf_counter() - t0)
     chunks.append(image_grid.to_uint8(np.asarray(images)))
   images = np.concatenate(chunks)[:n]
-  st = sample_fn.settings
+  st = dict(sample_fn.settings, preset=settings['preset'])
   name = FLAGS.sample_name or (
-      f"{st['sampler']}_{st['preset']}_K{st['network_calls']}_eta{st['eta']:g}"
+      f"{st['sampler']}_{st['preset']}_K{st['network_calls']}_eta{st['eta']:g}_{st['update']}"
       if config.method == 'pixel_aware' else f"{st['sampler']}_S{sample_fn.network_evals}")
   out_dir = os.path.join(workdir, 'samples')
   os.makedirs(out_dir, exist_ok=True)

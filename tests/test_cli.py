@@ -52,6 +52,16 @@ def test_smoke_trains_resumes_and_samples(tmp_path):
   assert images.shape == (12, 32, 32, 1) and images.dtype == np.uint8
   assert images.std() > 0  # not a constant image
   assert (workdir / 'samples' / 'grid.png').exists()
+  # The smoke config's preset ('consistent') decides the settings it names.
+  assert {k: summary['settings'][k] for k in ('preset', 'update', 'eta', 'prior')} == {
+      'preset': 'consistent', 'update': 'x0_jump', 'eta': 0.0, 'prior': 'scale'}
+  # A preset given on the command line wins over the config's fields (as for training).
+  paper = _main(*cfg, '--mode', 'sample', '--num_samples', '2', '--sample_name', 'paper',
+                '--config.sampling.preset=paper')
+  assert paper.returncode == 0, paper.stderr[-3000:]
+  st = json.loads(paper.stdout)['settings']
+  assert (st['preset'], st['network_calls'], st['eta'], st['clip_denoised'], st['prior'],
+          st['update']) == ('paper', 1, 1.0, False, 'standard', 'recursion')
 
 
 @pytest.mark.parametrize('override, message', [
