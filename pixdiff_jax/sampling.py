@@ -13,7 +13,9 @@ Pixel-aware generation (the sampler ``'parallel'``):
    ``prior='scale'``: ``z ~ N(0, I)``, ``x_delta_hat = G.decode(z, T)``, then ``x_T`` is drawn
    from the exact per-pixel marginal of eq. 9 at ``i = T`` for that scale.
 2. ``network_calls = K`` evaluations of ``R`` at K evenly spaced steps (K = 1 is Algorithm 1),
-   each followed by the element-wise recursion (``samplers.block_sequential_reverse``).
+   each followed by the element-wise recursion (``update='recursion'``) or by a clean-image
+   estimate and one DDIM step to the next call (``update='x0_jump'``), see
+   ``samplers.block_sequential_reverse``.
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
     sampler: overrides ``config.sampling.sampler`` ('parallel'; or 'ddpm', 'ddim',
       'dpm_solver' for the DDPM baseline).
     **overrides: any ``config.sampling`` field (``preset``, ``network_calls``, ``eta``,
-      ``clip_denoised``, ``prior``, ``num_steps``).
+      ``clip_denoised``, ``prior``, ``update``, ``num_steps``).
   The static number of network evaluations is ``sample_fn.network_evals``.
   """
   config_utils.validate_config(config)
