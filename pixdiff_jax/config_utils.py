@@ -8,11 +8,12 @@ from typing import Any
 import jax
 import ml_collections
 
+from pixdiff_jax.samplers import TARGETS, UPDATES
+
 METHODS = ('pixel_aware', 'ddpm')
 SAMPLERS = {'pixel_aware': ('parallel',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}
 PRIORS = ('standard', 'scale')
-UPDATES = ('recursion', 'x0_jump')
-TARGETS = ('cumulative', 'increment', 'v')
+VAE_LOSS_SPACES = ('scale', 'x0')
 
 # Named bundles of sampler settings. 'paper' is Algorithm 1 taken literally (one network call,
 # fresh noise eta=1, no clipping, x_T ~ N(0, I)). 'consistent' starts from the distribution x_T
@@ -54,8 +55,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"diffusion.scale_source must be 'vae' or 'true', got {d.scale_source!r}")
     if not d.get('diagonal_weight', 1.0) > 0:
       raise ValueError(f'diffusion.diagonal_weight must be > 0, got {d.diagonal_weight!r}')
-    if config.vae.get('loss_space', 'scale') not in ('scale', 'x0'):
-      raise ValueError(f"vae.loss_space must be 'scale' or 'x0', got {config.vae.loss_space!r}")
+    if config.vae.get('loss_space', 'scale') not in VAE_LOSS_SPACES:
+      raise ValueError(f'vae.loss_space must be one of {VAE_LOSS_SPACES}, '
+                       f'got {config.vae.loss_space!r}')
   if not 0 < d.eps < 1:
     raise ValueError(f'diffusion.eps must lie in (0, 1), got {d.eps!r}')
   t = config.training

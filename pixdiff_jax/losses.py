@@ -24,6 +24,8 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from pixdiff_jax import models, schedules
+from pixdiff_jax.config_utils import VAE_LOSS_SPACES
+from pixdiff_jax.samplers import TARGETS as _TARGETS
 
 __all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
            'sample_reverse_example', 'gaussian_kl']
@@ -32,7 +34,6 @@ PyTree = Any
 Metrics = dict[str, Array]
 LossFn = Callable[..., tuple[Array, Metrics]]
 
-_TARGETS = ('cumulative', 'increment', 'v')
 _SCALE_SOURCES = ('vae', 'true')
 
 
@@ -44,9 +45,6 @@ def _uniform_steps(rng: jax.Array, batch_size: int, num_steps: int) -> Int[Array
 def _bcast(v: Array, x: Array) -> Array:
   """Reshapes per-example ``[B]`` values to broadcast against ``[B, ...]``."""
   return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
-
-
-VAE_LOSS_SPACES = ('scale', 'x0')
 
 
 def gaussian_kl(mean: Float[Array, 'B L'], logvar: Float[Array, 'B L']) -> Float[Array, 'B']:

@@ -63,11 +63,11 @@ __all__ = [
 EPS = 4e-3  # images x0 lie in [EPS, 1] (DESIGN.md section 1)
 
 ModelFn = Callable[[Array, Array, Array], Array]
+EpsFn = Callable[[Array, Array], Array]
 Update = Literal['recursion', 'x0_jump']
 Target = Literal['cumulative', 'increment', 'v']
-UPDATES = ('recursion', 'x0_jump')
-TARGETS = ('cumulative', 'increment', 'v')
-EpsFn = Callable[[Array, Array], Array]
+UPDATES = ('recursion', 'x0_jump')            # block_sequential_reverse(update=...)
+TARGETS = ('cumulative', 'increment', 'v')    # what the heads predict (diffusion.target)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -336,9 +336,9 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     start_step: the step of ``x_T``; ``None`` = ``T``. A Python int, or a traced int scalar
       (then blocks may be empty when it is < K; K evaluations happen regardless).
     update: ``'recursion'`` (above; the paper) or ``'x0_jump'``: each block estimates the clean
-      image from its call at ``t_k`` (:func:`x0_estimate` with ``target``), clips it into
+      image from its call at ``t_k`` (``_x0_estimate`` with ``target``), clips it into
       ``[eps, 1]`` if ``clip_denoised``, and moves to ``t_{k+1}`` with the DDIM update of the
-      per-pixel schedule (:func:`x0_jump`; ``eta = 1`` with ``K = T`` is ancestral sampling).
+      per-pixel schedule (``_x0_jump``; ``eta = 1`` with ``K = T`` is ancestral sampling).
     target: what the heads predict (``config.diffusion.target``): ``'cumulative'`` and
       ``'increment'`` are read as above; ``'v'`` heads are turned into
       ``eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j`` for the recursion, and give
