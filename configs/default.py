@@ -39,8 +39,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   diffusion.num_steps = 200    # T
   diffusion.gamma = 20.0       # pixel-aware rate; eq. 7-9
   diffusion.eps = 4e-3         # x0 lies in [eps, 1]
-  # Head targets of the reverse model: 'cumulative' (paper, eps_tilde_j) or 'increment'
-  # (u_j of the chain's own step noise: with it Algorithm 1 at eta=0 inverts the chain).
+  # Head targets of the reverse model: 'cumulative' (paper, eps_tilde_j), 'increment'
+  # (u_j of the chain's own step noise: with it Algorithm 1 at eta=0 inverts the chain),
+  # 'v' (v-parametrisation on the per-pixel schedule) or 'x0' (the clean image itself).
   diffusion.target = 'cumulative'
   # Weight of the diagonal head j = i in the reverse loss (1 = eq. 15, every active head alike).
   diffusion.diagonal_weight = 1.0

@@ -65,9 +65,9 @@ EPS = 4e-3  # images x0 lie in [EPS, 1] (DESIGN.md section 1)
 ModelFn = Callable[[Array, Array, Array], Array]
 EpsFn = Callable[[Array, Array], Array]
 Update = Literal['recursion', 'x0_jump']
-Target = Literal['cumulative', 'increment', 'v']
+Target = Literal['cumulative', 'increment', 'v', 'x0']
 UPDATES = ('recursion', 'x0_jump')            # block_sequential_reverse(update=...)
-TARGETS = ('cumulative', 'increment', 'v')    # what the heads predict (diffusion.target)
+TARGETS = ('cumulative', 'increment', 'v', 'x0')  # what the heads predict (diffusion.target)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -342,7 +342,9 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     target: what the heads predict (``config.diffusion.target``): ``'cumulative'`` and
       ``'increment'`` are read as above; ``'v'`` heads are turned into
       ``eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j`` for the recursion, and give
-      ``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_t`` for ``'x0_jump'``.
+      ``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_t`` for ``'x0_jump'``; ``'x0'`` heads (the
+      clean image itself) are turned into ``eps_tilde_j = (x_j - sqrt(abar_j) x0_j) /
+      sqrt(1 - abar_j)`` for the recursion and are the clean-image estimate of ``'x0_jump'``.
   Returns:
     ``x0_hat`` of shape ``S`` (float32).
   """
@@ -403,6 +405,11 @@ def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, lengt
         jf = j.astype(dtype)
         return (jnp.sqrt(schedules.one_minus_alpha_bar(x_delta, jf, num_steps)) * x_j
                 + jnp.sqrt(schedules.alpha_bar(x_delta, jf, num_steps)) * head(j))
+    elif target == 'x0':  # eps_tilde_j = (x_j - sqrt(abar_j) x0_j) / sqrt(1 - abar_j)
+      def z_at(j, x_j):
+        jf = j.astype(dtype)
+        return ((x_j - jnp.sqrt(schedules.alpha_bar(x_delta, jf, num_steps)) * head(j))
+                * jax.lax.rsqrt(schedules.one_minus_alpha_bar(x_delta, jf, num_steps)))
     else:
       z_at = lambda j, x_j: head(j)
     if update == 'x0_jump':
@@ -431,6 +438,8 @@ def _x0_estimate(x, head, z_at, t, *, x_delta, num_steps, target):
     one_m_ab = schedules.one_minus_alpha_bar(x_delta, tf, num_steps)
     return (x - jnp.sqrt(one_m_ab) * head(t)) * jnp.exp(
         -0.5 * tf * (jnp.log(x_delta) / num_steps))
+  if target == 'x0':
+    return head(t)
   if target == 'v':  # x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_t: no amplification
     return (jnp.sqrt(schedules.alpha_bar(x_delta, tf, num_steps)) * x
             - jnp.sqrt(schedules.one_minus_alpha_bar(x_delta, tf, num_steps)) * head(t))

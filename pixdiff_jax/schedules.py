@@ -240,7 +240,8 @@ def increment_scale(x_delta: Float[ArrayLike, '*shape'], j: ArrayLike,
 
 def chain_targets(xs: Float[ArrayLike, 'T+1 *shape'], e: Float[ArrayLike, 'T *shape'],
                   x0: Float[ArrayLike, '*shape'], *, gamma: float, num_steps: int,
-                  target: Literal['cumulative', 'increment', 'v']) -> Float[Array, 'T *shape']:
+                  target: Literal['cumulative', 'increment', 'v', 'x0']
+                  ) -> Float[Array, 'T *shape']:
   """Head targets for every step ``j = 1..T`` of one simulated chain (index ``j-1``).
 
   * ``'cumulative'`` (paper, "similar to DDPM"): ``eps_tilde_j = (x_j - sqrt(abar_j) x0) /
@@ -252,6 +253,8 @@ def chain_targets(xs: Float[ArrayLike, 'T+1 *shape'], e: Float[ArrayLike, 'T *sh
     and ``eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j``, with coefficients at most 1,
     where reading ``x0`` off an ``eps_tilde`` prediction multiplies its error by
     ``sqrt((1 - abar_j) / abar_j)``.
+  * ``'x0'``: the clean image itself for every head (``x0`` broadcast to ``[T, *shape]``); the
+    loss is then the image-space error, the usual x0-parametrisation of DDPM.
   """
   check_pixel_aware_args(gamma=gamma, num_steps=num_steps)
   x0 = _as_float('x0', x0)
@@ -264,6 +267,8 @@ def chain_targets(xs: Float[ArrayLike, 'T+1 *shape'], e: Float[ArrayLike, 'T *sh
   j = jnp.arange(1, num_steps + 1, dtype=x0.dtype).reshape((-1,) + (1,) * x0.ndim)
   if target == 'increment':
     return increment_scale(x_delta, j, num_steps) * e
+  if target == 'x0':
+    return jnp.broadcast_to(x0, (num_steps,) + x0.shape)
   if target in ('cumulative', 'v'):
     ab = alpha_bar(x_delta, j, num_steps)
     om = one_minus_alpha_bar(x_delta, j, num_steps)
@@ -271,7 +276,7 @@ def chain_targets(xs: Float[ArrayLike, 'T+1 *shape'], e: Float[ArrayLike, 'T *sh
     if target == 'cumulative':
       return eps_tilde
     return jnp.sqrt(ab) * eps_tilde - jnp.sqrt(om) * x0
-  raise ValueError(f"target must be 'cumulative', 'increment' or 'v', got {target!r}")
+  raise ValueError(f"target must be 'cumulative', 'increment', 'v' or 'x0', got {target!r}")
 
 
 # ---------------------------------------------------------------------------- scalar baselines

@@ -54,6 +54,8 @@ def _hand_reverse_example(x0, rng, target):
     abar = xd ** (j / T)
     if target == 'cumulative':
       targets.append((xs[j] - np.sqrt(abar) * x0) / np.sqrt(1 - abar))
+    elif target == 'x0':
+      targets.append(x0)
     else:
       targets.append(np.sqrt((1 - abar) / beta) * e[j - 1])
   targets = np.stack(targets, axis=1)  # [B, T, ...]
@@ -61,7 +63,7 @@ def _hand_reverse_example(x0, rng, target):
   return i, x_i, targets
 
 
-@pytest.mark.parametrize('target', ['cumulative', 'increment'])
+@pytest.mark.parametrize('target', ['cumulative', 'increment', 'x0'])
 def test_reverse_example_targets_match_hand_computation(target):
   config = tiny_config()
   config.diffusion.target = target

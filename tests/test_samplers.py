@@ -333,18 +333,25 @@ def test_x0_jump_ancestral_and_oracle_identities():
   np.testing.assert_allclose(out, jnp.clip(one_pass, EPS, 1.0), atol=1e-6)
 
 
-def test_v_target_oracle_and_equivalence_with_eps():
-  """target='v': (a) with the oracle v of the current x the clean-image estimate has no
-  amplification, so even K=1 (one call at x_T) returns x0 to float32 precision at gamma=20,
-  where the same oracle read as eps_tilde is off by 7e-4 (test above); (b) with K=T (each head
-  used at its own step) a v model and the eps model it encodes give the same samples."""
-  T, gamma = 200, 20.0
-  x0 = x0_grid(4, 32)
+def _grid_chain_start(T, rows, cols, gamma=20.0):
+  """x0 grid, its scale, steps ``js [T, 1, 1]``, ``abar_j`` and ``1 - abar_j`` ``[T, rows, cols]``
+  and an ``x_T`` drawn from the marginal of eq. 9."""
+  x0 = x0_grid(rows, cols)
   xd = schedules.image_scale(x0, gamma)
   js = jnp.arange(1, T + 1, dtype=jnp.float32).reshape(-1, 1, 1)
   ab, om = schedules.alpha_bar(xd, js, T), schedules.one_minus_alpha_bar(xd, js, T)
   x_T = schedules.q_sample(x0, T, jax.random.normal(jax.random.PRNGKey(6), x0.shape),
                            gamma=gamma, num_steps=T)
+  return x0, xd, js, ab, om, x_T
+
+
+def test_v_target_oracle_and_equivalence_with_eps():
+  """target='v': (a) with the oracle v of the current x the clean-image estimate has no
+  amplification, so even K=1 (one call at x_T) returns x0 to float32 precision at gamma=20,
+  where the same oracle read as eps_tilde is off by 7e-4 (test above); (b) with K=T (each head
+  used at its own step) a v model and the eps model it encodes give the same samples."""
+  T = 200
+  x0, xd, js, ab, om, x_T = _grid_chain_start(T, 4, 32)
 
   def oracle_v(x, xdh, j):
     return jnp.sqrt(ab) * (x - jnp.sqrt(ab) * x0) / jnp.sqrt(om) - jnp.sqrt(om) * x0
@@ -374,6 +381,31 @@ def test_v_target_oracle_and_equivalence_with_eps():
     b = samplers.block_sequential_reverse(v_model, x_T, xds, jax.random.PRNGKey(1), target='v',
                                           **kw)
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_x0_target_oracle_and_equivalence_with_eps():
+  """target='x0': (a) heads that return the true clean image give it back exactly with
+  ``x0_jump`` for any K and eta=0 (the last call's head IS the output); (b) with K=T an x0 model
+  and the eps model it encodes give the same samples with either update (the recursion reads
+  ``eps_tilde_j = (x_j - sqrt(abar_j) x0_j) / sqrt(1 - abar_j)``)."""
+  T = 20
+  x0, xd, _, ab, om, x_T = _grid_chain_start(T, 4, 8)
+  oracle = lambda x, xdh, j: jnp.broadcast_to(x0, (T,) + x0.shape)
+  for K in [1, 7, T]:
+    out = samplers.block_sequential_reverse(oracle, x_T, xd, None, num_steps=T, network_calls=K,
+                                            eta=0.0, clip_denoised=False, update='x0_jump',
+                                            target='x0')
+    np.testing.assert_allclose(out, x0, atol=1e-6)
+
+  W = jax.random.normal(jax.random.PRNGKey(5), (T,) + x0.shape) * 0.3
+  eps_model = lambda x, xdh, j: jnp.tanh(W * x[None] + 0.01 * j)
+  x0_model = lambda x, xdh, j: (x - jnp.sqrt(om) * eps_model(x, xdh, j)) / jnp.sqrt(ab)
+  for update, eta in [('recursion', 1.0), ('recursion', 0.0), ('x0_jump', 0.0)]:
+    kw = dict(num_steps=T, network_calls=T, eta=eta, clip_denoised=True, update=update)
+    a = samplers.block_sequential_reverse(eps_model, x_T, xd, jax.random.PRNGKey(1), **kw)
+    b = samplers.block_sequential_reverse(x0_model, x_T, xd, jax.random.PRNGKey(1),
+                                          target='x0', **kw)
+    np.testing.assert_allclose(a, b, atol=1e-4, err_msg=update)
 
 
 @pytest.mark.parametrize('K,s,clip', [(5, None, False), (4, 9, True), (12, None, False)])

@@ -238,6 +238,9 @@ def test_chain_targets(mc_chain):
   # ... and x0 = sqrt(abar_j) x_j - sqrt(1 - abar_j) v_j for every step of the chain.
   np.testing.assert_allclose(np.sqrt(r['abar']) * xs64[1:] - np.sqrt(1 - r['abar']) * v,
                              np.broadcast_to(x0_np, want_v.shape), atol=2e-4)
+  x0_heads = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='x0')
+  chex.assert_shape(x0_heads, want_v.shape)
+  np.testing.assert_array_equal(x0_heads, np.broadcast_to(x0, want_v.shape))
   chex.assert_tree_all_finite((cum, inc, v))
   # Algorithm 1's subtraction beta / sqrt(1 - abar_j) * u_j is exactly the chain's increment.
   np.testing.assert_allclose(r['beta'] / np.sqrt(1 - r['abar']) * np.asarray(inc, np.float64),
