@@ -18,6 +18,9 @@ pytestmark = pytest.mark.skipif(jax.local_device_count() < 2, reason='needs 2 CP
 def _config(**training):
   config = config_utils.load_config_file(os.path.join(ROOT, 'configs', 'smoke.py'))
   config.data.max_examples = 64
+  # Smaller than smoke.py where it does not change the code path: compile time dominates here.
+  config.diffusion.num_steps = 4
+  config.model.head_num_res_blocks = 0
   for k, v in training.items():
     config.training[k] = v
   return config
