@@ -1,5 +1,9 @@
-"""Tiny networks on a slice of Fashion-MNIST that run every stage, checkpoint and sample in well
-under 90 seconds on 2 CPU cores. For tests and quick checks; the samples mean nothing."""
+"""Tiny networks on a slice of Fashion-MNIST that run every stage, checkpoint and sample.
+
+For tests and quick checks; the samples mean nothing. Measured on 2 CPU cores: training 38 s
+and ``--mode sample`` 7 s with the XLA compilation cache warm for these shapes; 121 s and 14 s
+with an empty cache (compilation dominates).
+"""
 from pixdiff_jax.config_utils import sibling_config
 
 
