@@ -3,7 +3,9 @@
 T = 500, gamma = 50, Adam lr 2e-4, batch 16, 1.5M iterations per stage. Networks sized to the
 paper's parameter counts (VAE 61.3M, reverse model 84.2M); ``python main.py --config
 configs/celeba.py --mode info`` prints ours: VAE 61.180M, reverse model 80.354M.
-Data: ``tfds:celeb_a`` (prepared TFDS ArrayRecord, centre-cropped to 140x140 and resized to 128x128 by data.center_crop).
+Data: CelebA's ``img_align_celeba.zip`` or the folder it unpacks to (``--config.data.path=``),
+read without TensorFlow, or a prepared TFDS dataset with ``--config.data.dataset=tfds:celeb_a``;
+either way centre-cropped to 140x140 and resized to 128x128 (``data.center_crop``).
 """
 from pixdiff_jax.config_utils import sibling_config
 
@@ -11,7 +13,7 @@ from pixdiff_jax.config_utils import sibling_config
 def get_config():
   config = sibling_config(__file__, 'default').get_default_config()
   config.method = 'pixel_aware'
-  config.data.dataset = 'tfds:celeb_a'
+  config.data.dataset = 'celeba'
   config.data.image_size = 128
   config.data.num_channels = 3
   config.data.pad_to_image_size = False

@@ -3,15 +3,19 @@
 T = 200, gamma = 20, Adam lr 1e-4, batch 128, 1.5M iterations per stage. Networks sized to the
 paper's parameter counts (VAE 30.3M, reverse model 41.2M); ``python main.py --config
 configs/cifar10.py --mode info`` prints ours: VAE 29.997M, reverse model 39.877M.
-Data: ``tfds:cifar10`` (prepared TFDS ArrayRecord; see README).
+Data: the standard python archive ``cifar-10-python.tar.gz`` (``--config.data.path=FILE``;
+``--config.data.download=True`` fetches it there, md5-checked), read without TensorFlow; or a
+prepared TFDS dataset with ``--config.data.dataset=tfds:cifar10`` (see README).
 """
+from pixdiff_jax.cifar10_archive import CIFAR10_MD5
 from pixdiff_jax.config_utils import sibling_config
 
 
 def get_config():
   config = sibling_config(__file__, 'default').get_default_config()
   config.method = 'pixel_aware'
-  config.data.dataset = 'tfds:cifar10'
+  config.data.dataset = 'cifar10'
+  config.data.md5 = CIFAR10_MD5   # of cifar-10-python.tar.gz; '' skips the check
   config.data.image_size = 32
   config.data.num_channels = 3
   config.data.pad_to_image_size = False

