@@ -63,7 +63,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   vae.latent_dim = 256
   vae.num_groups = 8
   vae.kl_weight = 1e-3
-  vae.loss_space = 'scale'      # MSE on x_delta (DESIGN) | 'x0': on the implied image
+  vae.loss_space = 'scale'      # MSE on x_delta (docs/design.md 2) | 'x0': on the implied image
 
   # ---------------------------------------------------------------- reverse model R
   model = config.model = ml_collections.ConfigDict()

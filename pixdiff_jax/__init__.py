@@ -1,6 +1,6 @@
 """pixdiff_jax: pixel-aware accelerated reverse diffusion in JAX/Flax.
 
-Public API (DESIGN.md section 4)::
+Public API (docs/design.md section 1, "Public functions")::
 
     from pixdiff_jax import schedules, samplers
     pixdiff_jax.get_sample_fn(config, *, batch_size, sampler='parallel', **overrides)

@@ -1,6 +1,6 @@
 """Training data, offline: image sources, scaling to the model's range, and sharded batches.
 
-Sources (``config.data.dataset``, DESIGN.md section 5); every one yields ``uint8 [N, H, W, C]``:
+Sources (``config.data.dataset``, docs/design.md section 5), each yielding ``uint8 [N, H, W, C]``:
 
 * ``'fashion_mnist'``: gzipped or raw IDX files, by default from the Debian package
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``).
@@ -23,7 +23,7 @@ Images are zero-padded (e.g. 28 -> 32) when ``config.data.pad_to_image_size`` is
 mismatch with ``config.data.image_size`` / ``config.data.num_channels`` is a ``ValueError`` that
 names the field.
 
-Scaling (DESIGN.md section 1), with ``v`` the pixel value in ``[0, 1]``:
+Scaling (docs/design.md section 1), with ``v`` the pixel value in ``[0, 1]``:
 
 * ``v = u8 / 255``; with dequantisation ``v = (u8 + w) / 256``, ``w ~ U[delta, 1 - delta)`` per
   value, ``delta = 2**-10`` (:data:`DEQUANT_MARGIN`): the margin keeps every dequantised value

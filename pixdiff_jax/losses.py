@@ -62,7 +62,7 @@ def get_vae_loss_fn(config: ml_collections.ConfigDict, vae: models.ScaleVAE) -> 
   * ``x_delta_hat, mean, logvar = G(x_i, i)``, with a posterior sample (rng stream ``'latent'``)
     when ``train`` and the posterior mean otherwise;
   * ``mse`` = mean over all pixels of ``(x_delta_hat - exp(-gamma x0))**2`` with
-    ``vae.loss_space='scale'`` (DESIGN.md); with ``'x0'`` of ``(x0_hat - x0)**2``, where
+    ``vae.loss_space='scale'`` (docs/design.md 2); with ``'x0'`` of ``(x0_hat - x0)**2``, where
     ``x0_hat = -log(x_delta_hat) / gamma``. The scale-space error hardly sees bright pixels:
     ``d x_delta / d x0 = -gamma exp(-gamma x0)`` is ``4.5e-4`` at ``x0 = 1``, ``gamma = 10``;
   * ``kl`` = ``KL(q(z | x_i) || N(0, I))`` in nats per example (summed over the latent, mean over

@@ -6,7 +6,7 @@ settings): it can be wrapped in ``jax.jit`` / ``jax.vmap`` / ``pmap`` by the cal
 float32 (float64 only if every input is float64 and x64 is enabled) and makes a number of network
 evaluations that is known statically (:func:`num_network_evals`).
 
-Pixel-aware samplers (DESIGN.md sections 1-3)
+Pixel-aware samplers (docs/design.md sections 1-3)
 ---------------------------------------------
 Steps are ``j = T..1`` (``T = num_steps``). ``Z`` and ``noise`` are stacks ``[T, *x.shape]`` whose
 index ``j-1`` belongs to step ``j`` (heads axis FIRST). One step of Algorithm 1 (line 9) is::
@@ -23,7 +23,7 @@ clean image, clipped into ``[eps, 1]``::
 The implied-``x0`` formula reads ``Z^j`` as the CUMULATIVE noise ``eps_tilde_j`` of ``x_j``
 (the paper's ``target='cumulative'``). For a model trained with ``target='increment'`` it is not
 the clean image; with such a model use ``clip_denoised=False`` (then, with ``eta = 0`` and exact
-increments, the recursion inverts the forward chain; DESIGN.md section 3). At ``j = 1`` the
+increments, the recursion inverts the forward chain; docs/design.md section 3). At ``j = 1`` the
 posterior coefficients are exactly ``(1, 0)`` and ``btilde_1 = 0``, so with ``clip_denoised`` the
 output lies in ``[eps, 1]``.
 
@@ -60,7 +60,7 @@ __all__ = [
     'dpm_solver_timesteps', 'num_network_evals',
 ]
 
-EPS = 4e-3  # images x0 lie in [EPS, 1] (DESIGN.md section 1)
+EPS = 4e-3  # images x0 lie in [EPS, 1] (docs/design.md section 1)
 
 ModelFn = Callable[[Array, Array, Array], Array]
 EpsFn = Callable[[Array, Array], Array]

@@ -1,4 +1,4 @@
-"""Generation front end: ``get_sample_fn`` and ``load_sampler`` (DESIGN.md section 4).
+"""Generation front end: ``get_sample_fn`` and ``load_sampler`` (docs/design.md section 1).
 
 ``get_sample_fn(config, batch_size=B)`` returns a pure ``sample_fn(variables, rng) -> images``
 (float32 ``[B, H, W, C]`` in ``[0, 1]``) that the caller may ``jax.jit``, ``vmap`` over keys, or

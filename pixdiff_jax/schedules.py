@@ -1,6 +1,6 @@
 """Forward-process schedules: the pixel-aware process of the paper and the scalar baselines.
 
-Conventions (DESIGN.md section 1):
+Conventions (docs/design.md section 1):
 
 * Images ``x0`` lie in ``[eps, 1]`` (``eps = 4e-3``); every function broadcasts over any leading
   shape, so ``x0`` may be a pixel, an image ``[H, W, C]`` or a batch ``[B, H, W, C]``.

@@ -1,7 +1,7 @@
 """Two-stage training: the scale VAE (stage ``vae``), then the T-headed reverse model with the VAE
 frozen (stage ``reverse``); or the single stage ``ddpm`` of the one-head baseline.
 
-Design (DESIGN.md section 7):
+Design (docs/design.md section 6):
 
 * :func:`get_train_step` returns a pure single-device step; :func:`get_p_train_step` wraps it in
   ``lax.scan`` (``training.steps_per_dispatch`` steps per call) and ``jax.pmap`` over local

@@ -1,5 +1,5 @@
 """Tests of pixdiff_jax.samplers: float64 NumPy references written here, the oracle identities of
-DESIGN.md section 3, and the jit / vmap / error contracts.
+docs/design.md section 3, and the jit / vmap / error contracts.
 """
 import chex
 import jax
@@ -90,11 +90,11 @@ def test_parallel_reverse_matches_float64_reference(eta, clip):
 
 
 def test_oracle_increments_eta0_reconstruct_x0():
-  """DESIGN section 3: increment targets of the very chain + eta=0 invert it (T=200, gamma=20).
+  """docs/design.md section 3: increments of the very chain + eta=0 invert it (T=200, gamma=20).
 
   float32 rounding of the chain is amplified by up to exp(gamma x0 / 2). Measured here (float32,
   2 chains x 16 rows x 64 pixel values on [eps, 1]): from i = T the max error is 4.4e-4..4.6e-4
-  where x0 <= 0.5 (bound 2e-3; DESIGN's planning note said 6e-5) and 1.9e-2..2.1e-2 over all of
+  where x0 <= 0.5 (bound 2e-3; the planning estimate was 6e-5) and 1.9e-2..2.1e-2 over all of
   [eps, 1] (bound 5e-2; white pixels 7.6e-3..1.9e-2); from i = 117: 5e-5 / 7e-4. With a float64
   chain under x64 the inversion is exact to ~1e-12 (asserted <= 1e-9).
   """

@@ -19,7 +19,7 @@ SETTINGS = [(20.0, 200), (50.0, 500), (3.0, 7)]  # (gamma, T): CIFAR-10, CelebA,
 
 # ---------------------------------------------------------------------------- references
 def ref(x0, i, gamma, T):
-  """Float64 reference of the pixel-aware process (DESIGN.md section 1), textbook forms."""
+  """Float64 reference of the pixel-aware process (docs/design.md section 1), textbook forms."""
   x0 = np.asarray(x0, np.float64)
   i = np.asarray(i, np.float64)
   xd = np.exp(-gamma * x0)
@@ -137,13 +137,13 @@ def test_snr_and_kl(gamma, T):
 
 
 def test_design_section3_numbers():
-  """DESIGN.md section 3 at T=200, gamma=20 (float64 reference and the float32 library)."""
+  """docs/design.md section 3 at T=200, gamma=20 (float64 reference and the float32 library)."""
   xd = schedules.image_scale(jnp.array([0.004, 0.1]), 20.0)
   np.testing.assert_allclose(schedules.alpha_bar(xd, 200, 200), [0.923, 0.135], atol=5e-4)
   kl = schedules.kl_to_standard_normal(jnp.float32(0.004), 200, gamma=20.0, num_steps=200)
   np.testing.assert_allclose(kl, 0.82, atol=5e-3)
   # DDPM (linear, T=1000) at x0 in [-1, 1]: abar_T = 4.04e-5, so KL <= 0.5 abar_T (1 + abar_T/2)
-  # = 2.02e-5 nats (DESIGN says "under 2e-5"; it is 2.02e-5 at |x0| = 1).
+  # = 2.02e-5 nats (the planning notes said "under 2e-5"; it is 2.02e-5 at |x0| = 1).
   ac_T = schedules.linear_alphas_cumprod(1000)[-1]
   x0 = np.linspace(-1, 1, 101)
   kl_ddpm = 0.5 * (ac_T * x0**2 - ac_T - np.log1p(-ac_T))
