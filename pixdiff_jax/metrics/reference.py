@@ -1,0 +1,136 @@
+"""Reference statistics of a real dataset split, the real-vs-real floor, and ``fd_efflite0``.
+
+Reference statistics ``(mu, sigma, n)`` are computed from EVERY image of the split (10,000 for
+the Fashion-MNIST test split), as stored (28x28 data is not padded), and cached in
+``cache_dir()/reference_stats/`` under a name built from the extractor and its weights' hash,
+the dataset, split and image count, and a hash of the image bytes: a new weight file or changed
+data never reuse stale statistics.
+
+The floor (:func:`real_floor`) is the distance of ``n`` random TRAINING images (without
+replacement, ``np.random.default_rng(seed)``) to the reference split: what a perfect generator
+scores with ``n`` samples, since the Frechet distance is biased upwards at small ``n``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Literal
+
+import ml_collections
+import numpy as np
+from jaxtyping import Float, UInt8
+
+from pixdiff_jax import data as data_lib
+from pixdiff_jax.metrics import frechet
+from pixdiff_jax.metrics.extractor import FeatureExtractor, check_images
+from pixdiff_jax.metrics.features import get_feature_extractor
+from pixdiff_jax.metrics.weights import atomic_savez, cache_dir
+
+__all__ = ['load_split', 'reference_stats', 'real_floor', 'sample_crop', 'fd_efflite0',
+           'REFERENCE_DATASETS']
+
+REFERENCE_DATASETS = ('fashion_mnist', 'mnist', 'npz')
+_IDX_SIZE = 28
+
+
+def load_split(dataset: str = 'fashion_mnist', split: str = 'test', path: str = '',
+               max_examples: int = 0) -> UInt8[np.ndarray, 'n h w c']:
+  """All images of a split as stored, ``uint8 [N, H, W, C]``, read offline by
+  :mod:`pixdiff_jax.data` (``'fashion_mnist'``/``'mnist'`` IDX files, or ``'npz'`` at ``path``).
+
+  ``max_examples > 0`` keeps only the first images: non-standard, for tests only.
+  """
+  if dataset not in REFERENCE_DATASETS:
+    raise ValueError(f'reference dataset must be one of {REFERENCE_DATASETS}, got {dataset!r}')
+  if dataset == 'npz':
+    if not path:
+      raise ValueError("dataset 'npz' needs the path of a .npz file with key 'images'")
+    with np.load(os.path.expanduser(path)) as f:
+      if 'images' not in f.files:
+        raise ValueError(f'{path}: no key "images" (keys: {f.files})')
+      images = check_images(f['images'], f'{path}: "images"')
+    return images[:max_examples] if max_examples > 0 else images
+  config = ml_collections.ConfigDict(dict(
+      dataset=dataset, path=path, split=split, max_examples=max_examples,
+      image_size=_IDX_SIZE, num_channels=1, pad_to_image_size=False, center_crop=0))
+  return data_lib.load_images(ml_collections.ConfigDict({'data': config}))
+
+
+def _images_key(images: np.ndarray) -> str:
+  h = hashlib.sha256(str(images.shape).encode())
+  h.update(np.ascontiguousarray(images).tobytes())
+  return h.hexdigest()[:16]
+
+
+def _cached_stats(tag: str, ex: FeatureExtractor, images: np.ndarray):
+  """``gaussian_stats(ex(images))``, cached under ``tag`` + weights hash + image hash."""
+  target = (cache_dir() / 'reference_stats' /
+            f'{ex.name}-{ex.weights_hash[:16]}-{tag}-n{len(images)}-{_images_key(images)}.npz')
+  if target.is_file():
+    with np.load(target) as f:
+      return f['mu'], f['sigma']
+  target.parent.mkdir(parents=True, exist_ok=True)
+  mu, sigma = frechet.gaussian_stats(ex(images))
+  atomic_savez(target, mu=mu, sigma=sigma, n=np.int64(len(images)))
+  return mu, sigma
+
+
+def reference_stats(ex: FeatureExtractor, *, dataset: str = 'fashion_mnist',
+                    split: str = 'test', path: str = '', max_examples: int = 0
+                    ) -> tuple[Float[np.ndarray, 'd'], Float[np.ndarray, 'd d'], int]:
+  """``(mu [D], sigma [D, D], n)`` of ``ex``'s features over every image of the split (cached).
+
+  Args:
+    ex: the feature extractor.
+    dataset, split, path: the data (see :func:`load_split`).
+    max_examples: > 0 uses only the first images: NOT the standard reference (tests only).
+  """
+  images = load_split(dataset, split, path, max_examples)
+  mu, sigma = _cached_stats(f'{dataset}-{split}', ex, images)
+  return mu, sigma, len(images)
+
+
+def real_floor(ex: FeatureExtractor, n: int, *, dataset: str = 'fashion_mnist',
+               split: str = 'test', train_split: str = 'train', path: str = '',
+               seed: int = 0, max_examples: int = 0) -> float:
+  """The real-vs-real floor: FD of ``n`` random ``train_split`` images to the reference split.
+
+  Raises:
+    ValueError: ``n`` < 2 or more than the training split holds.
+  """
+  train = load_split(dataset, train_split, path, max_examples)
+  if not 2 <= n <= len(train):
+    raise ValueError(f'the floor needs 2 <= n <= {len(train)} (the {train_split} split), got {n}')
+  pick = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
+  mu_t, sigma_t = _cached_stats(f'{dataset}-{train_split}-seed{seed}', ex, train[pick])
+  mu_r, sigma_r, _ = reference_stats(ex, dataset=dataset, split=split, path=path,
+                                     max_examples=max_examples)
+  return frechet.frechet_distance(mu_t, sigma_t, mu_r, sigma_r)
+
+
+def sample_crop(dataset: str, images: np.ndarray) -> int | None:
+  """The crop that undoes the training pipeline's padding: 28 for 32x32 samples of the 28x28
+  datasets (``'fashion_mnist'``, ``'mnist'``), else None."""
+  if dataset in ('fashion_mnist', 'mnist') and images.shape[1:3] == (32, 32):
+    return _IDX_SIZE
+  return None
+
+
+def fd_efflite0(images: UInt8[np.ndarray, 'n h w c'], *, dataset: str = 'fashion_mnist',
+                split: str = 'test', path: str = '',
+                crop_to: int | None | Literal['auto'] = 'auto') -> float:
+  """``FD_efflite0`` of ``images`` against every image of the reference split.
+
+  Args:
+    images: ``uint8 [N, H, W, C]``, ``N >= 2``.
+    dataset, split, path: the reference data (see :func:`load_split`).
+    crop_to: ``'auto'`` = :func:`sample_crop` (32x32 samples of 28x28 data -> 28), or explicit.
+  """
+  images = check_images(images)
+  if len(images) < 2:
+    raise ValueError(f'a covariance needs at least 2 samples, got {len(images)}')
+  crop = sample_crop(dataset, images) if crop_to == 'auto' else crop_to
+  ex = get_feature_extractor('efflite0')
+  mu, sigma = frechet.gaussian_stats(ex(images, crop_to=crop))
+  mu_r, sigma_r, _ = reference_stats(ex, dataset=dataset, split=split, path=path)
+  return frechet.frechet_distance(mu, sigma, mu_r, sigma_r)

@@ -1,0 +1,276 @@
+"""Tests of the FD_efflite0 features: torch-free weights, the Flax port against the original
+PyTorch model (pinned fixture), the resize, batching, reference statistics and the CLI.
+
+All network calls use batches of 4 28x28 images (or the fixture's 2 RGB images) so that the jitted
+network compiles only twice. Reference statistics here use tiny splits (``max_examples`` or a
+small npz): NOT the standard definition, which uses every image of the split.
+"""
+import json
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pixdiff_jax import data as data_lib
+from pixdiff_jax import metrics
+from pixdiff_jax.metrics import efficientnet_lite, torch_pickle, weights
+from pixdiff_jax.metrics import __main__ as metrics_cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / 'tests' / 'data' / 'efflite0_features.npz'
+
+
+@pytest.fixture(scope='module')
+def fixture():
+  with np.load(FIXTURE) as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope='module')
+def ex():
+  return metrics.get_feature_extractor('efflite0')
+
+
+def _torch_bilinear_matrix(n_in, n_out):
+  """Row i: torch's align_corners=False weights, float64: source (i + 0.5) n_in / n_out - 0.5,
+  clamped below at 0, neighbours floor / floor + 1 clamped to the last pixel."""
+  a = np.zeros((n_out, n_in))
+  for i in range(n_out):
+    src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+    i0 = min(int(np.floor(src)), n_in - 1)
+    i1 = min(i0 + 1, n_in - 1)
+    lam = src - i0
+    a[i, i0] += 1 - lam
+    a[i, i1] += lam
+  return a
+
+
+@pytest.mark.parametrize('h,w,size', [(28, 28, 128), (40, 33, 128), (200, 150, 128),
+                                      (28, 28, 299), (7, 5, 3)])
+def test_resize_matches_torch_bilinear_half_pixel(h, w, size):
+  x = np.random.default_rng(h * w).normal(size=(2, h, w, 3))
+  expected = np.einsum('oh,bhwc->bowc', _torch_bilinear_matrix(h, size), x)
+  expected = np.einsum('pw,bowc->bopc', _torch_bilinear_matrix(w, size), expected)
+  got = np.asarray(metrics.resize_bilinear(x.astype(np.float32), size))
+  np.testing.assert_allclose(got, expected, atol=2e-5 * np.abs(x).max())
+
+
+def test_center_crop_undoes_padding():
+  images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  np.testing.assert_array_equal(metrics.center_crop(padded, 28), images)
+  assert metrics.sample_crop('fashion_mnist', padded) == 28
+  assert metrics.sample_crop('fashion_mnist', images) is None
+  assert metrics.sample_crop('npz', padded) is None
+  with pytest.raises(ValueError, match='crop_to=40 does not fit'):
+    metrics.center_crop(padded, 40)
+
+
+def test_weight_reader_gives_the_lite0_state_dict():
+  state = torch_pickle.load_state_dict(weights.efflite0_weights_file())
+  assert len(state) == 296
+  assert state['_conv_stem.weight'].shape == (32, 3, 3, 3)
+  assert state['_conv_head.weight'].shape == (1280, 320, 1, 1)
+  assert state['_fc.weight'].shape == (1000, 1280)
+  assert state['_bn1.num_batches_tracked'].dtype == np.int64
+  assert all(np.isfinite(v).all() for v in state.values())
+  variables = efficientnet_lite.variables_from_torch(state)
+  np.testing.assert_array_equal(variables['params']['blocks_3']['depthwise_conv']['kernel'],
+                                state['_blocks.3._depthwise_conv.weight'].transpose(2, 3, 1, 0))
+
+
+def _write_torch_legacy(path, tensors):
+  """A file in torch's legacy format, written by hand (as torch.serialization._legacy_save)."""
+  class P(pickle.Pickler):
+    def persistent_id(self, obj):
+      return obj if isinstance(obj, tuple) and obj and obj[0] == 'storage' else None
+
+  class Global:
+    def __init__(self, module, name):
+      self.module, self.name = module, name
+
+    def __reduce__(self):
+      return self.name  # unused; replaced below
+
+  storages, entries = {}, {}
+  for name, (array, offset, shape, stride) in tensors.items():
+    key = str(len(storages))
+    storages[key] = array.ravel()
+    entries[name] = (key, offset, shape, stride)
+  with open(path, 'wb') as f:
+    pickle.dump(torch_pickle.LEGACY_MAGIC_NUMBER, f, protocol=2)
+    pickle.dump(1001, f, protocol=2)
+    pickle.dump({'protocol_version': 1001, 'little_endian': True}, f, protocol=2)
+    # State dict: OrderedDict of _rebuild_tensor_v2(storage, offset, size, stride, False, {}).
+    body = b'\x80\x02ccollections\nOrderedDict\n)R('
+    for name, (key, offset, shape, stride) in entries.items():
+      body += pickle.dumps(name, protocol=2)[2:-1]
+      body += b'ctorch._utils\n_rebuild_tensor_v2\n('
+      body += b'(' + pickle.dumps('storage', protocol=2)[2:-1] + b'ctorch\nFloatStorage\n'
+      body += pickle.dumps(key, protocol=2)[2:-1] + pickle.dumps('cpu', protocol=2)[2:-1]
+      body += pickle.dumps(storages[key].size, protocol=2)[2:-1] + b'Nt' + b'Q'
+      body += pickle.dumps(offset, protocol=2)[2:-1]
+      body += pickle.dumps(tuple(shape), protocol=2)[2:-1]
+      body += pickle.dumps(tuple(stride), protocol=2)[2:-1]
+      body += b'\x89}tR'
+    body += b'u.'
+    f.write(body)
+    pickle.dump(list(storages), f, protocol=2)
+    for key, flat in storages.items():
+      f.write(np.int64(flat.size).tobytes())
+      f.write(flat.astype('<f4').tobytes())
+
+
+def test_legacy_reader_handles_offsets_and_strides(tmp_path):
+  base = np.arange(24, dtype=np.float32)
+  path = tmp_path / 'w.pth'
+  _write_torch_legacy(path, {
+      'plain': (base, 0, (2, 3, 4), (12, 4, 1)),
+      'transposed': (base, 0, (4, 6), (1, 4)),    # a .t() of a [6, 4] tensor
+      'offset': (base, 5, (3,), (2,)),            # a strided slice starting at element 5
+  })
+  state = torch_pickle.load_state_dict(path)
+  assert list(state) == ['plain', 'transposed', 'offset']
+  np.testing.assert_array_equal(state['plain'], base.reshape(2, 3, 4))
+  np.testing.assert_array_equal(state['transposed'], base.reshape(6, 4).T)
+  np.testing.assert_array_equal(state['offset'], base[5:11:2])
+
+
+def test_reader_refuses_other_globals(tmp_path):
+  path = tmp_path / 'evil.pth'
+  with open(path, 'wb') as f:
+    for obj in (torch_pickle.LEGACY_MAGIC_NUMBER, 1001, {'little_endian': True}):
+      pickle.dump(obj, f, protocol=2)
+    f.write(b'\x80\x02cos\nsystem\n.')
+  with pytest.raises(pickle.UnpicklingError, match='unsupported global os.system'):
+    torch_pickle.load_state_dict(path)
+
+
+def test_flax_port_matches_pytorch_fixture(ex, fixture):
+  """The pinned features (benchmarks/make_efflite0_fixture.py, original PyTorch model)."""
+  assert ex.name == 'efflite0' and ex.dim == 1280 and len(ex.weights_hash) == 64
+  for kind, crop in (('grey', int(fixture['grey_crop_to'])), ('rgb', None)):
+    got = ex(fixture[f'{kind}_images'], crop_to=crop)
+    ref = fixture[f'{kind}_features'].astype(np.float64)
+    assert got.dtype == np.float64 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(),
+                               err_msg=kind)
+
+
+def test_batches_and_padding_do_not_change_features(ex, fixture):
+  grey = fixture['grey_images']
+  whole = ex(grey, crop_to=28)
+  in_pieces = np.concatenate([ex(grey[:3], crop_to=28, batch_size=4),
+                              ex(grey[3:], crop_to=28)])  # 3 + zero padding; 1 alone
+  np.testing.assert_allclose(in_pieces, whole, rtol=1e-4, atol=1e-5)
+  # Grey input is the same as the grey value replicated to RGB by hand.
+  rgb = np.repeat(metrics.center_crop(grey, 28), 3, axis=-1)
+  np.testing.assert_allclose(ex(rgb), whole, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_images_are_clear_errors(ex):
+  with pytest.raises(ValueError, match='must be uint8'):
+    ex(np.zeros((4, 28, 28, 1), np.float32))
+  with pytest.raises(ValueError, match='C = 1 or 3'):
+    ex(np.zeros((4, 28, 28, 2), np.uint8))
+  with pytest.raises(ValueError, match='unknown feature extractor'):
+    metrics.get_feature_extractor('vgg')
+  with pytest.raises(metrics.WeightsNotFoundError, match='not found'):
+    metrics.get_feature_extractor('efflite0', weights_path='/nonexistent/w.pth')
+
+
+def test_reference_stats_are_cached_by_data(ex, fixture, tmp_path, monkeypatch):
+  monkeypatch.setenv('PIXDIFF_JAX_METRICS_CACHE', str(tmp_path / 'cache'))
+  images = metrics.center_crop(fixture['grey_images'], 28)
+  ref = tmp_path / 'ref.npz'
+  np.savez(ref, images=images)
+  mu, sigma, n = metrics.reference_stats(ex, dataset='npz', path=str(ref))
+  assert n == 4
+  exp_mu, exp_sigma = metrics.gaussian_stats(ex(images))
+  np.testing.assert_allclose(mu, exp_mu, rtol=1e-12)
+  np.testing.assert_allclose(sigma, exp_sigma, rtol=1e-12)
+  cached = list((tmp_path / 'cache' / 'reference_stats').glob('*.npz'))
+  assert len(cached) == 1 and ex.weights_hash[:16] in cached[0].name
+  # Second call: read back from the cache (same file, same values).
+  mu2, sigma2, _ = metrics.reference_stats(ex, dataset='npz', path=str(ref))
+  np.testing.assert_array_equal(mu2, mu)
+  assert len(list(cached[0].parent.glob('*.npz'))) == 1
+  # Changed image bytes: a new cache entry, not the stale statistics.
+  np.savez(ref, images=255 - images)
+  mu3, _, _ = metrics.reference_stats(ex, dataset='npz', path=str(ref))
+  assert len(list(cached[0].parent.glob('*.npz'))) == 2
+  assert not np.allclose(mu3, mu)
+
+
+def test_real_floor_on_a_tiny_split(ex, tmp_path, monkeypatch):
+  """Non-standard: the first 4 images of each Fashion-MNIST split (max_examples=4)."""
+  monkeypatch.setenv('PIXDIFF_JAX_METRICS_CACHE', str(tmp_path / 'cache'))
+  floor = metrics.real_floor(ex, 4, dataset='fashion_mnist', max_examples=4)
+  train = metrics.load_split('fashion_mnist', 'train', max_examples=4)
+  test = metrics.load_split('fashion_mnist', 'test', max_examples=4)
+  expected = metrics.frechet_distance(*metrics.gaussian_stats(ex(train)),
+                                      *metrics.gaussian_stats(ex(test)))
+  np.testing.assert_allclose(floor, expected, rtol=1e-9)
+  with pytest.raises(ValueError, match='the floor needs 2 <= n <= 4'):
+    metrics.real_floor(ex, 5, dataset='fashion_mnist', max_examples=4)
+
+
+def test_cli_prints_one_json_object(ex, fixture, tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv('PIXDIFF_JAX_METRICS_CACHE', str(tmp_path / 'cache'))
+  images = metrics.center_crop(fixture['grey_images'], 28)
+  np.savez(tmp_path / 'ref.npz', images=images)
+  np.savez(tmp_path / 'samples.npz', images=images[::-1].copy())
+  rc = metrics_cli.main([str(tmp_path / 'samples.npz'), '--dataset', 'npz',
+                         '--data_path', str(tmp_path / 'ref.npz')])
+  out = capsys.readouterr().out.strip().splitlines()
+  assert rc == 0 and len(out) == 1
+  result = json.loads(out[0])
+  assert result['n'] == 4 and result['reference_n'] == 4 and result['crop_to'] is None
+  assert result['weights_sha256'] == ex.weights_hash
+  # Same images in another order: the same Gaussian, distance ~ 0 (float32 features).
+  assert abs(result['fd_efflite0']) < 1e-6 * np.trace(metrics.gaussian_stats(ex(images))[1])
+
+
+@pytest.mark.parametrize('make,message', [
+    (lambda p: np.savez(p, images=np.zeros((1, 28, 28), np.uint8)), 'at least 2 samples, got 1'),
+    (lambda p: np.savez(p, x=np.zeros((4, 28, 28), np.uint8)), 'no key "images"'),
+    (lambda p: np.savez(p, images=np.zeros((4, 28, 28), np.float32)), 'must be uint8'),
+    (lambda p: p.write_text('not an npz'), 'cannot read'),
+])
+def test_cli_bad_input_is_one_error_line(tmp_path, capsys, make, message):
+  path = tmp_path / 'samples.npz'
+  make(path)
+  assert metrics_cli.main([str(path)]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == ''
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], captured.err
+
+
+def test_cli_missing_file_exit_status(tmp_path):
+  run = subprocess.run([sys.executable, '-m', 'pixdiff_jax.metrics', str(tmp_path / 'no.npz')],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'PYTHONPATH': str(ROOT)})
+  assert run.returncode == 2 and run.stdout == ''
+  assert run.stderr.strip().splitlines() == [
+      f'error: cannot read {tmp_path / "no.npz"} as a .npz file (FileNotFoundError)']
+
+
+def test_metrics_need_no_torch_or_tensorflow(tmp_path):
+  """Import, weight conversion and reference loading with torch / TensorFlow made unimportable."""
+  code = (
+      "import sys; sys.modules['torch'] = None; sys.modules['tensorflow'] = None\n"
+      "from pixdiff_jax import metrics\n"
+      "ex = metrics.get_feature_extractor('efflite0')\n"
+      "assert ex.dim == 1280\n"
+      "print(len(metrics.load_split('fashion_mnist', 'test')))\n")
+  run = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, 'PYTHONPATH': str(ROOT),
+                                         'PIXDIFF_JAX_METRICS_CACHE': str(tmp_path)})
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.strip() == '10000'
+  assert list(tmp_path.glob('efflite0-*.npz'))  # converted without torch
