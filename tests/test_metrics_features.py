@@ -83,52 +83,54 @@ def test_weight_reader_gives_the_lite0_state_dict():
                                 state['_blocks.3._depthwise_conv.weight'].transpose(2, 3, 1, 0))
 
 
-def _write_torch_legacy(path, tensors):
-  """A file in torch's legacy format, written by hand (as torch.serialization._legacy_save)."""
-  class P(pickle.Pickler):
-    def persistent_id(self, obj):
-      return obj if isinstance(obj, tuple) and obj and obj[0] == 'storage' else None
+def _state_dict_pickle(tensors):
+  """Protocol-2 pickle of an OrderedDict of ``_rebuild_tensor_v2(storage, offset, size, stride,
+  False, {})`` with storages as persistent ids, opcode by opcode as ``torch.save`` writes it;
+  returns ``(pickle bytes, {storage key: flat float32 data})``."""
+  def item(obj):
+    return pickle.dumps(obj, protocol=2)[2:-1]  # the object's opcodes, no PROTO / STOP
 
-  class Global:
-    def __init__(self, module, name):
-      self.module, self.name = module, name
-
-    def __reduce__(self):
-      return self.name  # unused; replaced below
-
-  storages, entries = {}, {}
+  storages, body = {}, b'\x80\x02ccollections\nOrderedDict\n)R('
   for name, (array, offset, shape, stride) in tensors.items():
     key = str(len(storages))
-    storages[key] = array.ravel()
-    entries[name] = (key, offset, shape, stride)
+    storages[key] = np.ascontiguousarray(array, np.float32).ravel()
+    body += item(name) + b'ctorch._utils\n_rebuild_tensor_v2\n('
+    body += (b'(' + item('storage') + b'ctorch\nFloatStorage\n' + item(key) + item('cpu')
+             + item(storages[key].size) + b'tQ')  # TUPLE, BINPERSID
+    body += item(offset) + item(tuple(shape)) + item(tuple(stride)) + b'\x89}tR'
+  return body + b'u.', storages
+
+
+def _write_torch_legacy(path, tensors):
+  """A file in torch's legacy (< 1.6) format: 3 header pickles, the state dict, the storage
+  keys, then each storage as int64 element count + raw little-endian bytes."""
+  body, storages = _state_dict_pickle(tensors)
   with open(path, 'wb') as f:
     pickle.dump(torch_pickle.LEGACY_MAGIC_NUMBER, f, protocol=2)
     pickle.dump(1001, f, protocol=2)
     pickle.dump({'protocol_version': 1001, 'little_endian': True}, f, protocol=2)
-    # State dict: OrderedDict of _rebuild_tensor_v2(storage, offset, size, stride, False, {}).
-    body = b'\x80\x02ccollections\nOrderedDict\n)R('
-    for name, (key, offset, shape, stride) in entries.items():
-      body += pickle.dumps(name, protocol=2)[2:-1]
-      body += b'ctorch._utils\n_rebuild_tensor_v2\n('
-      body += b'(' + pickle.dumps('storage', protocol=2)[2:-1] + b'ctorch\nFloatStorage\n'
-      body += pickle.dumps(key, protocol=2)[2:-1] + pickle.dumps('cpu', protocol=2)[2:-1]
-      body += pickle.dumps(storages[key].size, protocol=2)[2:-1] + b'Nt' + b'Q'
-      body += pickle.dumps(offset, protocol=2)[2:-1]
-      body += pickle.dumps(tuple(shape), protocol=2)[2:-1]
-      body += pickle.dumps(tuple(stride), protocol=2)[2:-1]
-      body += b'\x89}tR'
-    body += b'u.'
     f.write(body)
     pickle.dump(list(storages), f, protocol=2)
+    for flat in storages.values():
+      f.write(np.int64(flat.size).tobytes() + flat.astype('<f4').tobytes())
+
+
+def _write_torch_zip(path, tensors):
+  """A file in torch's zip format (>= 1.6): archive/data.pkl + archive/data/<key>."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  body, storages = _state_dict_pickle(tensors)
+  with zipfile.ZipFile(path, 'w') as z:
+    z.writestr('archive/data.pkl', body)
+    z.writestr('archive/version', '3\n')
     for key, flat in storages.items():
-      f.write(np.int64(flat.size).tobytes())
-      f.write(flat.astype('<f4').tobytes())
+      z.writestr(f'archive/data/{key}', flat.astype('<f4').tobytes())
 
 
-def test_legacy_reader_handles_offsets_and_strides(tmp_path):
+@pytest.mark.parametrize('writer', [_write_torch_legacy, _write_torch_zip])
+def test_reader_handles_offsets_and_strides(tmp_path, writer):
   base = np.arange(24, dtype=np.float32)
   path = tmp_path / 'w.pth'
-  _write_torch_legacy(path, {
+  writer(path, {
       'plain': (base, 0, (2, 3, 4), (12, 4, 1)),
       'transposed': (base, 0, (4, 6), (1, 4)),    # a .t() of a [6, 4] tensor
       'offset': (base, 5, (3,), (2,)),            # a strided slice starting at element 5

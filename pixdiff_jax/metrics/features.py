@@ -23,6 +23,7 @@ import os
 import jax
 
 from pixdiff_jax.metrics import efficientnet_lite
+from pixdiff_jax.metrics import inception
 from pixdiff_jax.metrics import torch_pickle
 from pixdiff_jax.metrics import weights as weights_lib
 from pixdiff_jax.metrics.extractor import FeatureExtractor, resize_bilinear
@@ -30,7 +31,7 @@ from pixdiff_jax.metrics.extractor import FeatureExtractor, resize_bilinear
 __all__ = ['get_feature_extractor', 'EFFLITE0_RESIZE', 'EXTRACTORS']
 
 EFFLITE0_RESIZE = 128
-EXTRACTORS = ('efflite0',)
+EXTRACTORS = ('efflite0', 'inception')
 
 
 def _efflite0_features(variables, x: jax.Array) -> jax.Array:
@@ -64,17 +65,20 @@ def get_feature_extractor(name: str, weights_path: str | os.PathLike | None = No
     path = weights_lib.efflite0_weights_file() if weights_path is None else weights_path
     if not os.path.isfile(path):
       raise weights_lib.WeightsNotFoundError(f'EfficientNet-Lite0 weights file {path} not found')
+  else:
+    path = weights_path
+    if not path or not os.path.isfile(path):
+      raise weights_lib.WeightsNotFoundError(inception.missing_weights_message(path))
   stat = os.stat(path)
   key = (name, os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
   if key not in _EXTRACTORS_MADE:  # one instance per file: its jitted batches compile once
-    _EXTRACTORS_MADE[key] = _make(name, path)
+    if name == 'efflite0':
+      variables, digest = weights_lib.converted_variables(name, path, _convert_efflite0)
+      _EXTRACTORS_MADE[key] = FeatureExtractor(name, efficientnet_lite.FEATURE_DIM, digest,
+                                               _efflite0_features, variables)
+    else:
+      _EXTRACTORS_MADE[key] = inception.get_inception_extractor(path)
   return _EXTRACTORS_MADE[key]
 
 
 _EXTRACTORS_MADE: dict[tuple, FeatureExtractor] = {}
-
-
-def _make(name: str, path: str | os.PathLike) -> FeatureExtractor:
-  variables, digest = weights_lib.converted_variables(name, path, _convert_efflite0)
-  return FeatureExtractor('efflite0', efficientnet_lite.FEATURE_DIM, digest,
-                          _efflite0_features, variables)
