@@ -28,10 +28,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from tqdm import tqdm
 
 from pixdiff_jax import checkpointing, config_utils, data, image_grid, losses, metric_writer
-from pixdiff_jax import models, sampling
+from pixdiff_jax import models, progress, sampling
 from pixdiff_jax.train_state import (TrainState, create_train_state, ema_decay_at,
                                      make_optimizer, num_skipped_updates, update_ema)
 
@@ -231,8 +230,9 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
   batches = data.get_batch_iterator(config, start_step=start, source=source)
   k_max = t.steps_per_dispatch
   step = start
-  pbar = tqdm(total=stage.num_steps, initial=start, desc=f'train {stage.name}',
-              disable=not is_main, dynamic_ncols=True)
+  # A bar in a terminal; one plain line per log_every steps in a redirected log.
+  pbar = progress.progress(total=stage.num_steps, initial=start, desc=f'train {stage.name}',
+                           every=t.log_every, disable=not is_main)
   last_time, last_step = time.perf_counter(), step
 
   def save(at_step):

@@ -1,0 +1,74 @@
+"""Progress reporting: a tqdm bar in a terminal, plain periodic lines otherwise.
+
+A redirected log (``python main.py > log 2>&1``, CI, a batch job) must not fill up with
+carriage-return bar updates, so :func:`progress` returns a tqdm bar only when stderr (where tqdm
+draws) is a terminal, and otherwise a :class:`PlainProgress` with the same three methods that
+prints one line every ``every`` units (and one at the end).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+__all__ = ['PlainProgress', 'progress']
+
+
+class PlainProgress:
+  """``update(n)``, ``set_postfix(**values)``, ``close()`` like tqdm; prints plain lines.
+
+  A line ``<desc>: <n>/<total> (<percent>%) <postfix>, <elapsed>`` goes to ``file`` whenever the
+  count crosses a multiple of ``every``, and once at :meth:`close` unless the last one was
+  already at that count.
+  """
+
+  def __init__(self, *, total: int, initial: int = 0, desc: str = '', every: int = 1,
+               disable: bool = False, file: TextIO | None = None):
+    self.total, self.n, self.desc = int(total), int(initial), desc
+    self.every = max(1, int(every))
+    self.disable = disable
+    self.file = file
+    self._postfix: dict[str, Any] = {}
+    self._start = time.perf_counter()
+    self._printed_at = None
+
+  def set_postfix(self, **values: Any) -> None:
+    self._postfix = values
+
+  def update(self, n: int = 1) -> None:
+    before, self.n = self.n, self.n + int(n)
+    if self.n // self.every > before // self.every:
+      self._print()
+
+  def close(self) -> None:
+    if self._printed_at != self.n:
+      self._print()
+
+  def _print(self) -> None:
+    self._printed_at = self.n
+    if self.disable:
+      return
+    pct = f' ({100 * self.n / self.total:.0f}%)' if self.total else ''
+    extra = ''.join(f' {k}={v}' for k, v in self._postfix.items())
+    elapsed = time.perf_counter() - self._start
+    print(f'{self.desc}: {self.n}/{self.total}{pct}{extra}, {elapsed:.0f} s',
+          file=self.file or sys.stderr, flush=True)
+
+
+def progress(*, total: int, initial: int = 0, desc: str = '', every: int = 1,
+             disable: bool = False, interactive: bool | None = None) -> Any:
+  """A tqdm bar if stderr is a terminal (or ``interactive``), else a :class:`PlainProgress`.
+
+  Args:
+    total, initial, desc: as tqdm's.
+    every: the plain lines' period, in units of ``update``.
+    disable: no output at all (e.g. on processes other than 0).
+    interactive: override the terminal test (tests).
+  """
+  if interactive is None:
+    interactive = sys.stderr.isatty()
+  if interactive:
+    return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True)
+  return PlainProgress(total=total, initial=initial, desc=desc, every=every, disable=disable)
