@@ -1,11 +1,18 @@
-"""pixdiff_jax command line.
+"""pixdiff_jax command line: train, sample from and inspect pixel-aware diffusion models.
 
-    python main.py --config configs/fashion_mnist.py --workdir runs/fmnist            # train
-    python main.py --config configs/fashion_mnist.py --workdir runs/fmnist --mode sample
-    python main.py --config configs/cifar10.py --mode info                            # sizes
+Modes (--mode), one example each:
 
-Any config field can be overridden on the command line, e.g.
-``--config.training.batch_size=32`` or ``--config.sampling.preset=paper``.
+  train   (default) train every stage of a config into a workdir, resuming what is there:
+            python main.py        # the main job: configs/fashion_mnist.py into runs/fmnist
+  sample  generate images with the networks of a workdir (its stored config.json):
+            python main.py --mode sample --workdir runs/fmnist --num_samples 64
+  info    parameter counts of a config's networks, without building them:
+            python main.py --mode info --config configs/cifar10.py
+
+Without --config, train mode uses WORKDIR/config.json if it exists and configs/fashion_mnist.py
+otherwise; sample mode always takes the networks from WORKDIR/config.json, and a --config only
+supplies the sampler settings. Any config field can be overridden, with or without --config,
+e.g. --config.training.batch_size=32 or --config.sampling.preset=paper.
 """
 from __future__ import annotations
 
@@ -15,14 +22,25 @@ import os
 import sys
 import time
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and metrics.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'info'], 'What to do.')
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+MAIN_JOB_CONFIG = os.path.join(_ROOT, 'configs', 'fashion_mnist.py')
+MAIN_JOB_WORKDIR = os.path.join('runs', 'fmnist')
+
+# The default is loaded only so that --config.a.b=c overrides parse without --config;
+# main() decides which config a mode really uses (see the module docstring).
+config_flags.DEFINE_config_file(
+    'config', MAIN_JOB_CONFIG, 'Path to a config file (configs/*.py). Default: the workdir\'s '
+    'stored config.json if there is one, else configs/fashion_mnist.py (the main job).',
+    lock_config=True)
+flags.DEFINE_string('workdir', MAIN_JOB_WORKDIR,
+                    'Directory for checkpoints, samples and metrics.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'info'],
+                  'What to do; see the examples above.')
 flags.DEFINE_enum('stage', 'all', ['all', 'vae', 'reverse', 'ddpm'],
                   'Which training stage(s) to run (train mode).')
 flags.DEFINE_integer('num_samples', 64, 'Number of images to generate (sample mode).')
@@ -49,8 +67,7 @@ def _info(config) -> dict:
 def _sample(config, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from pixdiff_jax import config_utils, image_grid, sampling  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config_utils, image_grid, progress, sampling  # pylint: disable=g-import-not-at-top
 
   stored = config_utils.load_config(workdir)
   # The stored config defines the networks; the command line's config supplies the sampler.
@@ -70,11 +87,16 @@ def _sample(config, workdir: str) -> dict:
   jitted = jax.jit(sample_fn)
   key = jax.random.PRNGKey(FLAGS.sample_seed)
   chunks, times = [], []
-  for b in tqdm(range(-(-n // batch)), desc='sample', disable=jax.process_index() != 0):
+  num_batches = -(-n // batch)
+  bar = progress.progress(total=num_batches, desc='sample', every=max(1, num_batches // 10),
+                          disable=jax.process_index() != 0)
+  for b in range(num_batches):
     t0 = time.perf_counter()
     images = jax.block_until_ready(jitted(variables, jax.random.fold_in(key, b)))
     times.append(time.perf_counter() - t0)
     chunks.append(image_grid.to_uint8(np.asarray(images)))
+    bar.update(1)
+  bar.close()
   images = np.concatenate(chunks)[:n]
   st = dict(sample_fn.settings, preset=settings['preset'])
   name = FLAGS.sample_name or (
@@ -93,36 +115,86 @@ def _sample(config, workdir: str) -> dict:
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of Orbax and JAX internals; their warnings and errors still show."""
+  """Drops INFO chatter of Orbax, JAX and TFDS internals (e.g. JAX's "Unable to initialize
+  backend 'tpu'" on every machine without a TPU); their warnings and errors still show."""
 
   def filter(self, record):
     if record.levelno >= std_logging.WARNING:
       return True
     path = record.pathname.replace(os.sep, '/')
-    return not any(f'/{lib}/' in path for lib in ('orbax', 'jax', 'jaxlib', 'etils'))
+    return not any(f'/{lib}/' in path
+                   for lib in ('orbax', 'jax', 'jaxlib', 'etils', 'tensorflow_datasets'))
 
 
 def _setup_runtime():
-  std_logging.getLogger('absl').addFilter(_QuietLibraries())
+  # On absl's handler: it sees the records of every logger (JAX logs through its own loggers,
+  # which propagate to the root logger that absl's handler is attached to).
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
+def _config_for(mode: str, workdir: str):
+  """The config a mode runs with; see the module docstring.
+
+  An explicit --config wins (in sample mode it supplies only the sampler settings). Otherwise
+  the workdir's stored config.json, with any --config.a.b=c overrides applied; otherwise
+  (train and info) the main job's configs/fashion_mnist.py.
+  """
+  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  if FLAGS['config'].present or mode == 'info':
+    return FLAGS.config
+  if mode == 'sample' or os.path.exists(config_utils.config_path(workdir)):
+    config = config_utils.load_config(workdir)
+    for dotted, value in config_flags.get_override_values(FLAGS['config']).items():
+      *parents, leaf = dotted.split('.')
+      node = config
+      for name in parents:
+        node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+      if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise UsageError(f'--config.{dotted}: no such field in {config_utils.config_path(workdir)}')
+      node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], tuple) else value
+    return config
+  return FLAGS.config
+
+
+def _files_written(workdir: str) -> list[str]:
+  """Human-readable lines naming what a train run left in ``workdir``."""
+  lines = []
+  ckpt_root = os.path.join(workdir, 'checkpoints')
+  for stage in sorted(os.listdir(ckpt_root)) if os.path.isdir(ckpt_root) else []:
+    steps = sorted(int(d) for d in os.listdir(os.path.join(ckpt_root, stage)) if d.isdigit())
+    if steps:
+      lines.append(f'  checkpoints  {os.path.join(ckpt_root, stage, str(steps[-1]))}  '
+                   f'(stage {stage}, step {steps[-1]})')
+  for name, what in (('config.json', 'the config of this run'),
+                     ('metrics.jsonl', 'one JSON line per logged step')):
+    if os.path.exists(os.path.join(workdir, name)):
+      lines.append(f'  {name:<12} {os.path.join(workdir, name)}  ({what})')
+  samples = os.path.join(workdir, 'samples')
+  if os.path.isdir(samples):
+    pngs = sorted(f for f in os.listdir(samples) if f.endswith('.png'))
+    if pngs:
+      lines.append(f'  samples      {samples}/  ({len(pngs)} PNG grids, latest {pngs[-1]})')
+  tb = os.path.join(workdir, 'tensorboard')
+  if os.path.isdir(tb):
+    lines.append(f'  tensorboard  tensorboard --logdir {tb}')
+  return lines
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   _setup_runtime()
-  config = FLAGS.config
-  if config is None:
-    raise app.UsageError('--config is required, e.g. --config configs/fashion_mnist.py')
   try:
+    if not FLAGS.workdir and FLAGS.mode != 'info':
+      raise UsageError(f'--workdir must not be empty for --mode {FLAGS.mode}')
+    config = _config_for(FLAGS.mode, FLAGS.workdir)
     if FLAGS.mode == 'info':
       print(json.dumps(_info(config), indent=2))
       return
-    if FLAGS.workdir is None:
-      raise UsageError(f'--workdir is required for --mode {FLAGS.mode}')
     if FLAGS.distributed:
       import jax  # pylint: disable=g-import-not-at-top
       jax.distributed.initialize()
@@ -130,9 +202,14 @@ def main(argv):
       from pixdiff_jax import train  # pylint: disable=g-import-not-at-top
       stages = None if FLAGS.stage == 'all' else [FLAGS.stage]
       train.train(config, FLAGS.workdir, stages=stages)
-      logging.info('training finished; workdir %s', FLAGS.workdir)
+      _report(f'training finished; {FLAGS.workdir} holds:', _files_written(FLAGS.workdir))
     else:
-      print(json.dumps(_sample(config, FLAGS.workdir), indent=2))
+      summary = _sample(config, FLAGS.workdir)
+      print(json.dumps(summary, indent=2))
+      _report(f'sampling finished ({summary["num_samples"]} images, '
+              f'{summary["network_evals"]} network calls each); wrote:',
+              [f'  images  {summary["npz"]}  (uint8 [N, H, W, C], key "images")',
+               f'  grid    {summary["png"]}'])
   except (UsageError, ValueError, FileNotFoundError) as err:
     # User mistakes (bad config, missing data or checkpoints) end in one readable line.
     if os.environ.get('PIXDIFF_TRACEBACK'):
@@ -141,6 +218,12 @@ def main(argv):
     sys.exit(2)
 
 
+def _report(title: str, lines: list[str]) -> None:
+  """The end-of-mode summary, on stderr (stdout carries the JSON result where there is one)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print('\n'.join([title, *lines]), file=sys.stderr, flush=True)
+
+
 if __name__ == '__main__':
-  flags.mark_flag_as_required('config')
   app.run(main)

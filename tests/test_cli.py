@@ -10,8 +10,6 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
-                                  reason='apt-get install dataset-fashion-mnist')
 
 
 def _main(*args, env=None, timeout=600):
@@ -24,12 +22,19 @@ def _main(*args, env=None, timeout=600):
                         timeout=timeout)
 
 
-@needs_fmnist
-def test_smoke_trains_resumes_and_samples(tmp_path):
-  workdir = tmp_path / 'w'
-  cfg = ['--config', 'configs/smoke.py', '--workdir', str(workdir)]
-  run = _main(*cfg)
+@pytest.fixture(scope='module')
+def smoke_workdir(tmp_path_factory):
+  """A workdir trained once by the README's command on configs/smoke.py (both stages)."""
+  if not FMNIST.exists():
+    pytest.skip('apt-get install dataset-fashion-mnist')
+  workdir = tmp_path_factory.mktemp('smoke') / 'w'
+  run = _main('--config', 'configs/smoke.py', '--workdir', str(workdir))
   assert run.returncode == 0, run.stderr[-3000:]
+  return workdir, run
+
+
+def test_smoke_trains_resumes_and_samples(smoke_workdir):
+  workdir, run = smoke_workdir
   for stage in ('vae', 'reverse'):
     assert sorted(os.listdir(workdir / 'checkpoints' / stage)) == ['4', '6']
   lines = (workdir / 'metrics.jsonl').read_text().splitlines()
@@ -37,13 +42,23 @@ def test_smoke_trains_resumes_and_samples(tmp_path):
   assert {r['stage'] for r in records} == {'vae', 'reverse'}
   assert all(np.isfinite(r['loss']) for r in records)
   assert (workdir / 'samples' / 'reverse_step0000006.png').exists()
+  # The end of training names what was written (stderr; not a terminal here, so no bar).
+  assert f'checkpoints  {workdir}/checkpoints/reverse/6  (stage reverse, step 6)' in run.stderr
+  assert f'tensorboard --logdir {workdir}/tensorboard' in run.stderr
+  assert '\r' not in run.stderr
+  assert 'train reverse: 6/6 (100%)' in run.stderr
+  assert "Unable to initialize backend 'tpu'" not in run.stderr
 
-  # The same command again: both stages are finished, nothing is trained or logged.
-  rerun = _main(*cfg)
+  # Again, with --workdir alone: the stored config is used (the default configs/fashion_mnist.py
+  # describes other networks and would be refused); both stages are finished, nothing is
+  # trained or logged.
+  rerun = _main('--workdir', str(workdir))
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert (workdir / 'metrics.jsonl').read_text().splitlines() == lines
 
-  sample = _main(*cfg, '--mode', 'sample', '--num_samples', '12', '--sample_name', 'grid')
+  # Sample mode with --workdir alone reads the stored config, sampler settings included.
+  sample = _main('--workdir', str(workdir), '--mode', 'sample', '--num_samples', '12',
+                 '--sample_name', 'grid')
   assert sample.returncode == 0, sample.stderr[-3000:]
   summary = json.loads(sample.stdout)
   assert summary['network_evals'] == 2
@@ -52,16 +67,66 @@ def test_smoke_trains_resumes_and_samples(tmp_path):
   assert images.shape == (12, 32, 32, 1) and images.dtype == np.uint8
   assert images.std() > 0  # not a constant image
   assert (workdir / 'samples' / 'grid.png').exists()
+  assert f'images  {workdir}/samples/grid.npz' in sample.stderr
   # The smoke config's preset ('consistent') decides the settings it names.
   assert {k: summary['settings'][k] for k in ('preset', 'update', 'eta', 'prior')} == {
       'preset': 'consistent', 'update': 'x0_jump', 'eta': 0.0, 'prior': 'scale'}
-  # A preset given on the command line wins over the config's fields (as for training).
-  paper = _main(*cfg, '--mode', 'sample', '--num_samples', '2', '--sample_name', 'paper',
-                '--config.sampling.preset=paper')
+  # The same images when --config names the config the workdir was trained with.
+  again = _main('--config', 'configs/smoke.py', '--workdir', str(workdir), '--mode', 'sample',
+                '--num_samples', '12', '--sample_name', 'grid_again')
+  assert again.returncode == 0, again.stderr[-3000:]
+  with np.load(workdir / 'samples' / 'grid_again.npz') as f:
+    np.testing.assert_array_equal(f['images'], images)
+  # A preset given on the command line wins over the config's fields (as for training), also
+  # as an override of the stored config without --config.
+  paper = _main('--workdir', str(workdir), '--mode', 'sample', '--num_samples', '2',
+                '--sample_name', 'paper', '--config.sampling.preset=paper')
   assert paper.returncode == 0, paper.stderr[-3000:]
   st = json.loads(paper.stdout)['settings']
   assert (st['preset'], st['network_calls'], st['eta'], st['clip_denoised'], st['prior'],
           st['update']) == ('paper', 1, 1.0, False, 'standard', 'recursion')
+  bad = _main('--workdir', str(workdir), '--mode', 'sample', '--config.sampling.no_such=1')
+  assert bad.returncode != 0 and 'Traceback' not in bad.stderr
+
+
+def test_example_sample_from_jax(smoke_workdir):
+  """examples/sample_from_jax.py: load_sampler, jit, vmap over keys, use inside another jit."""
+  workdir, _ = smoke_workdir
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  env['PYTHONPATH'] = str(ROOT)
+  run = subprocess.run([sys.executable, str(ROOT / 'examples' / 'sample_from_jax.py'),
+                        '--workdir', str(workdir), '--batch_size', '3', '--num_keys', '2'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = json.loads(run.stdout)
+  assert out['image_shape'] == [3, 32, 32, 1] and out['vmapped_shape'] == [2, 3, 32, 32, 1]
+  assert 0.0 <= out['min'] <= out['max'] <= 1.0
+  assert out['network_evals_per_call'] == 2
+  # vmap over keys gives what the single jitted call gives for the same key.
+  assert out['max_abs_diff_vmap_vs_jit'] < 1e-3
+  # The statistics computed inside the fused jitted program match the host's.
+  assert abs(out['mean_brightness'] - out['mean_brightness_host']) < 1e-5
+  assert out['diversity'] > 0
+
+
+def test_defaults_are_the_main_job(tmp_path):
+  """No --config / --workdir: configs/fashion_mnist.py into runs/fmnist (of the working dir)."""
+  info = _main('--mode', 'info')
+  assert info.returncode == 0, info.stderr[-2000:]
+  assert json.loads(info.stdout)['vae'] == 295_569  # configs/fashion_mnist.py (README)
+  # Train mode, stopped early by a missing dataset: config.json lands in ./runs/fmnist.
+  run = subprocess.run([sys.executable, str(ROOT / 'main.py'), '--compilation_cache=',
+                        '--config.data.path=/nonexistent/fmnist'], cwd=tmp_path,
+                       env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2 and 'error: fashion_mnist' in run.stderr, run.stderr[-2000:]
+  stored = json.loads((tmp_path / 'runs' / 'fmnist' / 'config.json').read_text())
+  assert stored['training']['vae_steps'] == 1000 and stored['data']['path'] == '/nonexistent/fmnist'
+  help_text = _main('--help')
+  for mode in ('train', 'sample', 'info'):
+    assert f'  {mode} ' in help_text.stdout
+  assert 'python main.py --mode sample --workdir runs/fmnist' in help_text.stdout
 
 
 @pytest.mark.parametrize('override, message', [
