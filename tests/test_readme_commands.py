@@ -1,0 +1,37 @@
+"""The README's set-up commands and CI's script are the same commands (CI runs the README)."""
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _setup_commands():
+  readme = (ROOT / 'README.md').read_text()
+  section = readme.split('## Set-up on a fresh Debian/Ubuntu machine', 1)[1].split('\n## ', 1)[0]
+  return [block.strip() for block in re.findall(r'```bash\n(.*?)```', section, re.S)]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+  install_and_train, run_tests = _setup_commands()
+  ci_lines = (ROOT / '.ci' / 'run').read_text().splitlines()
+  assert run_tests in ci_lines
+  assert run_tests.endswith('&& python -m pytest -q tests')
+  # Both README commands share one set-up (apt, venv, constrained install).
+  assert install_and_train.split(' && python main.py', 1)[0] == run_tests.rsplit(' && ', 1)[0]
+  assert install_and_train.endswith('&& python main.py && python main.py --mode sample')
+
+
+def test_constraints_pin_every_requirement():
+  """constraints.txt pins each install requirement of setup.py (and pytest) to one version."""
+  pins = {}
+  for line in (ROOT / 'constraints.txt').read_text().splitlines():
+    if line and not line.startswith('#'):
+      name, version = line.split('==')
+      pins[re.sub(r'[-_.]+', '-', name.lower())] = version
+  setup = (ROOT / 'setup.py').read_text()
+  install = re.search(r'install_requires=\[(.*?)\]', setup, re.S).group(1)
+  required = re.findall(r'"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?>=', install) + ['pytest']
+  assert len(required) > 10
+  for name in required:
+    assert re.sub(r'[-_.]+', '-', name.lower()) in pins, name
+  assert 'pixdiff-jax' not in pins
