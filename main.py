@@ -167,20 +167,21 @@ def _files_written(workdir: str) -> list[str]:
   for stage in sorted(os.listdir(ckpt_root)) if os.path.isdir(ckpt_root) else []:
     steps = sorted(int(d) for d in os.listdir(os.path.join(ckpt_root, stage)) if d.isdigit())
     if steps:
-      lines.append(f'  checkpoints  {os.path.join(ckpt_root, stage, str(steps[-1]))}  '
+      lines.append(f'  {"checkpoints":<13} {os.path.join(ckpt_root, stage, str(steps[-1]))}  '
                    f'(stage {stage}, step {steps[-1]})')
   for name, what in (('config.json', 'the config of this run'),
                      ('metrics.jsonl', 'one JSON line per logged step')):
     if os.path.exists(os.path.join(workdir, name)):
-      lines.append(f'  {name:<12} {os.path.join(workdir, name)}  ({what})')
+      lines.append(f'  {name:<13} {os.path.join(workdir, name)}  ({what})')
   samples = os.path.join(workdir, 'samples')
   if os.path.isdir(samples):
-    pngs = sorted(f for f in os.listdir(samples) if f.endswith('.png'))
+    pngs = sorted((f for f in os.listdir(samples) if f.endswith('.png')),
+                  key=lambda f: os.path.getmtime(os.path.join(samples, f)))
     if pngs:
-      lines.append(f'  samples      {samples}/  ({len(pngs)} PNG grids, latest {pngs[-1]})')
+      lines.append(f'  {"samples":<13} {samples}/  ({len(pngs)} PNG grids, newest {pngs[-1]})')
   tb = os.path.join(workdir, 'tensorboard')
   if os.path.isdir(tb):
-    lines.append(f'  tensorboard  tensorboard --logdir {tb}')
+    lines.append(f'  {"tensorboard":<13} tensorboard --logdir {tb}')
   return lines
 
 

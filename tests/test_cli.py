@@ -43,8 +43,10 @@ def test_smoke_trains_resumes_and_samples(smoke_workdir):
   assert all(np.isfinite(r['loss']) for r in records)
   assert (workdir / 'samples' / 'reverse_step0000006.png').exists()
   # The end of training names what was written (stderr; not a terminal here, so no bar).
-  assert f'checkpoints  {workdir}/checkpoints/reverse/6  (stage reverse, step 6)' in run.stderr
-  assert f'tensorboard --logdir {workdir}/tensorboard' in run.stderr
+  assert f'checkpoints   {workdir}/checkpoints/reverse/6  (stage reverse, step 6)' in run.stderr
+  assert f'metrics.jsonl {workdir}/metrics.jsonl' in run.stderr
+  assert 'newest reverse_step0000006.png' in run.stderr
+  assert f'tensorboard   tensorboard --logdir {workdir}/tensorboard' in run.stderr
   assert '\r' not in run.stderr
   assert 'train reverse: 6/6 (100%)' in run.stderr
   assert "Unable to initialize backend 'tpu'" not in run.stderr
@@ -95,6 +97,9 @@ def test_example_sample_from_jax(smoke_workdir):
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
   env['PYTHONPATH'] = str(ROOT)
+  # The test session's persistent compilation cache (the example itself sets none).
+  env['JAX_COMPILATION_CACHE_DIR'] = os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache'))
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
   run = subprocess.run([sys.executable, str(ROOT / 'examples' / 'sample_from_jax.py'),
                         '--workdir', str(workdir), '--batch_size', '3', '--num_keys', '2'],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
