@@ -31,12 +31,24 @@ _ROOT = os.path.dirname(os.path.abspath(__file__))
 MAIN_JOB_CONFIG = os.path.join(_ROOT, 'configs', 'fashion_mnist.py')
 MAIN_JOB_WORKDIR = os.path.join('runs', 'fmnist')
 
+
+
+def _bad_override(err: Exception):
+  """ml_collections raises AttributeError/KeyError for --config.a.b=c naming no field."""
+  print(f'error: a --config.* override names a field the config does not have: {err}',
+        file=sys.stderr)
+  sys.exit(2)
+
+
 # The default is loaded only so that --config.a.b=c overrides parse without --config;
 # main() decides which config a mode really uses (see the module docstring).
-config_flags.DEFINE_config_file(
-    'config', MAIN_JOB_CONFIG, 'Path to a config file (configs/*.py). Default: the workdir\'s '
-    'stored config.json if there is one, else configs/fashion_mnist.py (the main job).',
-    lock_config=True)
+try:
+  config_flags.DEFINE_config_file(
+      'config', MAIN_JOB_CONFIG, 'Path to a config file (configs/*.py). Default: the '
+      "workdir's stored config.json if there is one, else configs/fashion_mnist.py (the main "
+      'job).', lock_config=True)
+except (AttributeError, KeyError) as e:
+  _bad_override(e)
 flags.DEFINE_string('workdir', MAIN_JOB_WORKDIR,
                     'Directory for checkpoints, samples and metrics.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'info'],
@@ -226,5 +238,12 @@ def _report(title: str, lines: list[str]) -> None:
     print('\n'.join([title, *lines]), file=sys.stderr, flush=True)
 
 
+def _parse_flags(argv):
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # raised only by --config overrides while parsing
+    _bad_override(e)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

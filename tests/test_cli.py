@@ -88,7 +88,9 @@ def test_smoke_trains_resumes_and_samples(smoke_workdir):
   assert (st['preset'], st['network_calls'], st['eta'], st['clip_denoised'], st['prior'],
           st['update']) == ('paper', 1, 1.0, False, 'standard', 'recursion')
   bad = _main('--workdir', str(workdir), '--mode', 'sample', '--config.sampling.no_such=1')
-  assert bad.returncode != 0 and 'Traceback' not in bad.stderr
+  assert bad.returncode == 2 and 'Traceback' not in bad.stderr, bad.stderr[-2000:]
+  assert [line for line in bad.stderr.splitlines() if line.startswith('error:')] == [
+      'error: a --config.* override names a field the config does not have: "\'no_such\'"']
 
 
 def test_example_sample_from_jax(smoke_workdir):
@@ -139,6 +141,7 @@ def test_defaults_are_the_main_job(tmp_path):
     (['--config.data.dataset=mnist', '--config.data.path=/nonexistent/mnist'], 'mnist'),
     (['--config.training.batch_size=3'], 'training.batch_size'),
     (['--config.model.ch_mult=(1,1,1,1,1,1,1)'], 'data.image_size'),
+    (['--config.training.no_such_field=1'], 'no_such_field'),
 ])
 def test_config_errors_are_one_clear_line(tmp_path, override, message):
   env = dict(os.environ)
