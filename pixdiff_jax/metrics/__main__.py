@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--floor', action='store_true',
                  help='also compute the real-vs-real floor (N random training images)')
   p.add_argument('--batch_size', type=int, default=200, help='images per network call')
+  p.add_argument('--compilation_cache', default=os.path.expanduser('~/.cache/pixdiff_jax/xla'),
+                 help="JAX's persistent compilation cache (as main.py); '' disables it")
   return p
 
 
@@ -58,7 +61,11 @@ def _load_samples(path: str, n: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  import jax  # pylint: disable=g-import-not-at-top
   from pixdiff_jax import metrics  # pylint: disable=g-import-not-at-top
+  if args.compilation_cache and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', args.compilation_cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   try:
     images = _load_samples(args.samples, args.n)
     if len(images) < 2:
