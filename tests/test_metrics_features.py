@@ -276,3 +276,14 @@ def test_metrics_need_no_torch_or_tensorflow(tmp_path):
   assert run.returncode == 0, run.stderr
   assert run.stdout.strip() == '10000'
   assert list(tmp_path.glob('efflite0-*.npz'))  # converted without torch
+
+
+def test_cached_stats_of_any_image_set_with_crop(ex, fixture, tmp_path, monkeypatch):
+  monkeypatch.setenv('PIXDIFF_JAX_METRICS_CACHE', str(tmp_path / 'cache'))
+  padded = fixture['grey_images']
+  mu, sigma = metrics.cached_stats(ex, padded, tag='mine', crop_to=28)
+  exp_mu, exp_sigma = metrics.gaussian_stats(ex(padded, crop_to=28))
+  np.testing.assert_allclose(mu, exp_mu, rtol=1e-12)
+  np.testing.assert_allclose(sigma, exp_sigma, rtol=1e-12)
+  (cached,) = (tmp_path / 'cache' / 'reference_stats').glob('*.npz')
+  assert cached.name.startswith(f'efflite0-{ex.weights_hash[:16]}-mine-crop28-n4-')

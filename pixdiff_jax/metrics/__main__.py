@@ -1,4 +1,4 @@
-"""``python -m pixdiff_jax.metrics SAMPLES.npz``: FD_efflite0 of any samples against a dataset split.
+"""``python -m pixdiff_jax.metrics SAMPLES.npz``: FD_efflite0 of any samples vs a dataset split.
 
 SAMPLES.npz holds ``images``: uint8 ``[N, H, W, C]`` (or ``[N, H, W]``); 32x32 samples of the
 28x28 datasets are centre-cropped to 28 (the training pipeline's padding is not data). Prints ONE

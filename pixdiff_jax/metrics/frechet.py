@@ -2,7 +2,8 @@
 
 ``FD = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``. The trace of the matrix square
 root is computed without ``sqrtm`` of the non-symmetric product: ``S1 S2`` is similar to the
-symmetric PSD matrix ``M = S1^(1/2) S2 S1^(1/2)``, so ``tr((S1 S2)^(1/2)) = sum_k sqrt(lambda_k(M))``
+symmetric PSD matrix ``M = S1^(1/2) S2 S1^(1/2)``, so
+``tr((S1 S2)^(1/2)) = sum_k sqrt(lambda_k(M))``
 with ``S1^(1/2)`` from the eigendecomposition of ``S1`` (tiny negative eigenvalues from rounding
 are clipped to 0).
 """

@@ -12,9 +12,9 @@ the final average pool:
 * the mean over space: ``[B, 2048]``.
 
 Input pipeline (:class:`~pixdiff_jax.metrics.extractor.FeatureExtractor`): uint8 -> crop ->
-grey to RGB -> ``x / 127.5 - 1`` -> bilinear resize to 299x299 (``align_corners=False``). pytorch-fid
-resizes ``x / 255`` and then maps to ``2 x - 1``; the resize is linear with weights summing to 1, so
-the two orders agree up to float rounding.
+grey to RGB -> ``x / 127.5 - 1`` -> bilinear resize to 299x299 (``align_corners=False``).
+pytorch-fid resizes ``x / 255`` and then maps to ``2 x - 1``; the resize is linear with weights
+summing to 1, so the two orders agree up to float rounding.
 
 Weights: ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's release), given by path; this
 project never downloads it. Flax module names equal the torch ones (``Mixed_6b/branch7x7_2/conv``),

@@ -26,8 +26,8 @@ from pixdiff_jax.metrics.extractor import FeatureExtractor, check_images
 from pixdiff_jax.metrics.features import get_feature_extractor
 from pixdiff_jax.metrics.weights import atomic_savez, cache_dir
 
-__all__ = ['load_split', 'reference_stats', 'real_floor', 'sample_crop', 'fd_efflite0',
-           'REFERENCE_DATASETS']
+__all__ = ['load_split', 'cached_stats', 'reference_stats', 'real_floor', 'sample_crop',
+           'fd_efflite0', 'REFERENCE_DATASETS']
 
 REFERENCE_DATASETS = ('fashion_mnist', 'mnist', 'npz')
 _IDX_SIZE = 28
@@ -62,15 +62,24 @@ def _images_key(images: np.ndarray) -> str:
   return h.hexdigest()[:16]
 
 
-def _cached_stats(tag: str, ex: FeatureExtractor, images: np.ndarray):
-  """``gaussian_stats(ex(images))``, cached under ``tag`` + weights hash + image hash."""
-  target = (cache_dir() / 'reference_stats' /
-            f'{ex.name}-{ex.weights_hash[:16]}-{tag}-n{len(images)}-{_images_key(images)}.npz')
+def cached_stats(ex: FeatureExtractor, images: UInt8[np.ndarray, 'n h w c'], *, tag: str,
+                 crop_to: int | None = None
+                 ) -> tuple[Float[np.ndarray, 'd'], Float[np.ndarray, 'd d']]:
+  """``gaussian_stats(ex(images, crop_to=crop_to))``, cached on disk.
+
+  The cache file is named by ``tag`` (e.g. ``'cifar10-test'``), the extractor and its weights'
+  hash, the crop, the image count and a hash of the image bytes, so any image set (e.g. a
+  reference split read by :mod:`pixdiff_jax.data` from a training config) can be cached safely.
+  """
+  images = check_images(images)
+  crop = f'-crop{crop_to}' if crop_to else ''
+  target = (cache_dir() / 'reference_stats' / f'{ex.name}-{ex.weights_hash[:16]}-{tag}{crop}'
+            f'-n{len(images)}-{_images_key(images)}.npz')
   if target.is_file():
     with np.load(target) as f:
       return f['mu'], f['sigma']
   target.parent.mkdir(parents=True, exist_ok=True)
-  mu, sigma = frechet.gaussian_stats(ex(images))
+  mu, sigma = frechet.gaussian_stats(ex(images, crop_to=crop_to))
   atomic_savez(target, mu=mu, sigma=sigma, n=np.int64(len(images)))
   return mu, sigma
 
@@ -86,7 +95,7 @@ def reference_stats(ex: FeatureExtractor, *, dataset: str = 'fashion_mnist',
     max_examples: > 0 uses only the first images: NOT the standard reference (tests only).
   """
   images = load_split(dataset, split, path, max_examples)
-  mu, sigma = _cached_stats(f'{dataset}-{split}', ex, images)
+  mu, sigma = cached_stats(ex, images, tag=f'{dataset}-{split}')
   return mu, sigma, len(images)
 
 
@@ -102,7 +111,7 @@ def real_floor(ex: FeatureExtractor, n: int, *, dataset: str = 'fashion_mnist',
   if not 2 <= n <= len(train):
     raise ValueError(f'the floor needs 2 <= n <= {len(train)} (the {train_split} split), got {n}')
   pick = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
-  mu_t, sigma_t = _cached_stats(f'{dataset}-{train_split}-seed{seed}', ex, train[pick])
+  mu_t, sigma_t = cached_stats(ex, train[pick], tag=f'{dataset}-{train_split}-seed{seed}')
   mu_r, sigma_r, _ = reference_stats(ex, dataset=dataset, split=split, path=path,
                                      max_examples=max_examples)
   return frechet.frechet_distance(mu_t, sigma_t, mu_r, sigma_r)
