@@ -287,3 +287,17 @@ def test_cached_stats_of_any_image_set_with_crop(ex, fixture, tmp_path, monkeypa
   np.testing.assert_allclose(sigma, exp_sigma, rtol=1e-12)
   (cached,) = (tmp_path / 'cache' / 'reference_stats').glob('*.npz')
   assert cached.name.startswith(f'efflite0-{ex.weights_hash[:16]}-mine-crop28-n4-')
+
+
+def test_fd_efflite0_one_call(ex, fixture, tmp_path, monkeypatch):
+  """fd_efflite0 against a small npz reference (non-standard size) equals the explicit steps."""
+  monkeypatch.setenv('PIXDIFF_JAX_METRICS_CACHE', str(tmp_path / 'cache'))
+  images = metrics.center_crop(fixture['grey_images'], 28)
+  np.savez(tmp_path / 'ref.npz', images=255 - images)
+  fd = metrics.fd_efflite0(images, dataset='npz', path=str(tmp_path / 'ref.npz'))
+  expected = metrics.frechet_distance(*metrics.gaussian_stats(ex(images)),
+                                      *metrics.gaussian_stats(ex(255 - images)))
+  assert fd > 1.0
+  np.testing.assert_allclose(fd, expected, rtol=1e-9)
+  with pytest.raises(ValueError, match='at least 2 samples, got 1'):
+    metrics.fd_efflite0(images[:1], dataset='npz', path=str(tmp_path / 'ref.npz'))
