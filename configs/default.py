@@ -10,6 +10,7 @@ overrides fields. Field groups:
 - ``training``:  steps, batch size, logging/checkpoint cadence, EMA.
 - ``optim``:     optax Adam with warmup and gradient clipping.
 - ``sampling``:  which sampler and its settings (``preset`` picks named bundles).
+- ``eval``:      ``--mode eval`` (sample counts, sampler settings, Frechet metrics).
 """
 import ml_collections
 
@@ -117,4 +118,26 @@ def get_default_config() -> ml_collections.ConfigDict:
   sampling.num_steps = 50       # S for DDIM / DPM-Solver
   sampling.batch_size = 64
   sampling.use_ema = True
+
+  # ---------------------------------------------------------------- evaluation (--mode eval)
+  ev = config.eval = ml_collections.ConfigDict()
+  # Comma-separated sampler settings (pixdiff_jax/evaluation.py, parse_setting); '' = the
+  # method's default list: pixel-aware 'paper,consistent,x0_jump_K1,x0_jump_K2,x0_jump_K5,
+  # x0_jump_KT,vae_prior'; DDPM 'ddpm,ddim_10,ddim_20,ddim_50,ddim_100,dpm_solver_10,
+  # dpm_solver_20'.
+  ev.samplers = ''
+  ev.num_samples = 2000         # images generated and scored per setting
+  # Fewer samples for settings too slow for num_samples, 'name:n,...' (DDPM's 1000 steps on a
+  # CPU); such a row is scored against a real-vs-real floor at its own count.
+  ev.num_samples_by_setting = 'ddpm:200'
+  ev.batch_size = 250           # images per sampler call (fewer if needed for timing_batches)
+  ev.timing_batches = 3         # at least this many timed batches (after compilation) per setting
+  ev.seed = 0
+  ev.reference_split = 'test'   # the split the samples are compared with (all of its images)
+  ev.floor_split = 'train'      # real-vs-real floor: this many random images of this split
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth; '' = no FID (FD_efflite0 only).
+  ev.inception_weights = ''
+  ev.efflite0_weights = ''      # '' = the converted weights the metrics package finds itself
+  ev.reference_max_examples = 0  # tests only: > 0 uses the first N reference images, not all
+  ev.grid_size = 64             # images in each setting's PNG grid
   return config
