@@ -11,7 +11,7 @@ as many random images of the training split (cached). Files written::
     W/eval/results.md          the same as a Markdown table
     W/eval/<setting>.npz       uint8 images [N, H, W, C] under the key 'images'
     W/eval/<setting>.png       a grid of the first eval.grid_size images
-    W/eval/floors.json         cached real-vs-real floors
+    W/eval/<setting>.json      what sampling measured (reused when only the scoring changes)
 
 A rerun reuses every setting whose stored result was made with the same settings, sample count,
 seed, reference and feature weights (an interrupted run continues where it stopped).
@@ -159,18 +159,19 @@ def sample_counts(ev: ml_collections.ConfigDict, names: list[str]) -> dict[str, 
 
 # ---------------------------------------------------------------------------- features
 class Scorer:
-  """Frechet distances of uint8 image sets against the reference split, and floors.
+  """Frechet distances of uint8 image sets against the reference split, and their floors.
 
   Args:
     config: the workdir's config (its ``data`` section names the dataset).
     ev: the eval settings.
-    extractors: feature extractors with ``name``, ``dim``, ``weights_hash`` and
-      ``__call__(images_uint8, crop_to=...) -> [N, D]``; the first gives FD_efflite0, a second
-      (if any) the FID. ``None``: EfficientNet-Lite0, plus Inception when
+    extractors: ``{'fd_efflite0': extractor[, 'fid': extractor]}`` (``pixdiff_jax.metrics``
+      feature extractors); ``None``: EfficientNet-Lite0, plus Inception when
       ``ev.inception_weights`` is set.
+  The reference statistics (all images of ``ev.reference_split``) and the floors (``n`` random
+  images of ``ev.floor_split``) are cached by ``pixdiff_jax.metrics``.
   """
 
-  def __init__(self, config, ev, extractors=None, *, cache_path: str | None = None):
+  def __init__(self, config, ev, extractors=None):
     check_inception_weights(ev)
     from pixdiff_jax import metrics  # pylint: disable=g-import-not-at-top
     self.metrics = metrics
@@ -182,74 +183,45 @@ class Scorer:
         extractors['fid'] = metrics.get_feature_extractor(
             'inception', weights_path=ev.inception_weights)
     self.extractors = extractors
-    d = config.data
-    # 28x28 datasets padded to 32x32 for training: the padding is not data, crop it off.
-    small = d.dataset in ('fashion_mnist', 'mnist') and d.get('pad_to_image_size', True)
-    self.crop_to = 28 if small and d.image_size > 28 else None
-    self.cache_path = cache_path
     self._reference = {}
+    d = self.config.data
+    self._data = dict(dataset=str(d.dataset), path=str(d.get('path', '')),
+                      max_examples=int(ev.reference_max_examples))
 
   def describe(self) -> dict:
     return {k: {'name': ex.name, 'dim': int(ex.dim), 'weights_hash': ex.weights_hash}
             for k, ex in self.extractors.items()}
 
   def reference_info(self) -> dict:
-    ev = self.ev
-    return {'dataset': str(self.config.data.dataset), 'split': str(ev.reference_split),
-            'max_examples': int(ev.reference_max_examples)}
-
-  def _features(self, key, images):
-    feats = np.asarray(self.extractors[key](images, crop_to=self.crop_to), np.float64)
-    if not np.all(np.isfinite(feats)):
-      raise EvalError(f'{int(np.sum(~np.isfinite(feats)))} non-finite {key} features')
-    return feats
+    return {'dataset': self._data['dataset'], 'split': str(self.ev.reference_split),
+            'max_examples': self._data['max_examples']}
 
   def reference(self, key):
-    """(mu, sigma) of the reference split for extractor ``key`` (all images unless a test
-    sets ``eval.reference_max_examples``)."""
+    """(mu, sigma) of every image of the reference split for extractor ``key``."""
     if key not in self._reference:
-      ex, ev = self.extractors[key], self.ev
-      if ev.reference_max_examples > 0:
-        from pixdiff_jax import data  # pylint: disable=g-import-not-at-top
-        images = data.load_images(self.config, split=ev.reference_split)
-        images = images[:int(ev.reference_max_examples)]
-        mu, sigma = self.metrics.gaussian_stats(self._features(key, images))
-      else:
-        mu, sigma, _ = self.metrics.reference_stats(
-            ex, dataset=str(self.config.data.dataset), split=str(ev.reference_split),
-            path=str(self.config.data.get('path', '')))
+      mu, sigma, _ = self.metrics.reference_stats(
+          self.extractors[key], split=str(self.ev.reference_split), **self._data)
       self._reference[key] = (mu, sigma)
     return self._reference[key]
 
   def score(self, images) -> dict[str, float]:
     """``{key: Frechet distance}`` of uint8 ``[N, H, W, C]`` images against the reference."""
+    crop = self.metrics.sample_crop(self._data['dataset'], images)
     out = {}
-    for key in self.extractors:
-      mu, sigma = self.metrics.gaussian_stats(self._features(key, images))
+    for key, ex in self.extractors.items():
+      feats = np.asarray(ex(images, crop_to=crop), np.float64)
+      if not np.all(np.isfinite(feats)):
+        raise EvalError(f'{int(np.sum(~np.isfinite(feats)))} non-finite {key} features')
+      mu, sigma = self.metrics.gaussian_stats(feats)
       out[key] = _finite(self.metrics.frechet_distance(mu, sigma, *self.reference(key)), key)
     return out
 
   def floor(self, n: int) -> dict[str, float]:
-    """The same distances for ``n`` random images of ``eval.floor_split`` (cached)."""
-    ev = self.ev
-    cache_key = json.dumps({'n': n, 'seed': int(ev.seed), 'split': str(ev.floor_split),
-                            'reference': self.reference_info(), 'features': self.describe()},
-                           sort_keys=True)
-    cache = _read_json(self.cache_path, {}) if self.cache_path else {}
-    if cache_key in cache:
-      return cache[cache_key]
-    from pixdiff_jax import data  # pylint: disable=g-import-not-at-top
-    real = data.load_images(self.config, split=ev.floor_split)
-    if len(real) < n:
-      raise EvalError(f'the floor needs {n} images of split {ev.floor_split!r}, which has '
-                      f'{len(real)}')
-    idx = np.sort(np.random.default_rng(int(ev.seed)).choice(len(real), n, replace=False))
-    result = self.score(real[idx])
-    if self.cache_path:
-      cache = _read_json(self.cache_path, {})
-      cache[cache_key] = result
-      _write_json(self.cache_path, cache)
-    return result
+    """The same distances for ``n`` random images of ``eval.floor_split`` (real vs real)."""
+    return {key: _finite(self.metrics.real_floor(
+        ex, n, split=str(self.ev.reference_split), train_split=str(self.ev.floor_split),
+        seed=int(self.ev.seed), **self._data), f'{key} floor')
+            for key, ex in self.extractors.items()}
 
 
 def check_inception_weights(ev) -> None:
@@ -315,9 +287,12 @@ def _machine() -> dict:
 
 # ---------------------------------------------------------------------------- eval
 def evaluate(workdir: str, ev: ml_collections.ConfigDict, *, extractors=None,
-             log: Callable[[str], None] = print) -> dict:
-  """Runs ``--mode eval`` on ``workdir`` (see the module docstring); returns results.json."""
-  from pixdiff_jax import config_utils, image_grid, train  # pylint: disable=g-import-not-at-top
+             log: Callable[[str], None] = print, samples_only: bool = False) -> dict:
+  """Runs ``--mode eval`` on ``workdir`` (see the module docstring); returns results.json.
+
+  ``samples_only``: generate (or reuse) every setting's samples and stop before scoring.
+  """
+  from pixdiff_jax import config_utils, train  # pylint: disable=g-import-not-at-top
   config = config_utils.load_config(workdir)
   for stage in train.stages_for(config):
     if not os.path.isdir(os.path.join(workdir, 'checkpoints', stage)) or not os.listdir(
@@ -332,45 +307,80 @@ def evaluate(workdir: str, ev: ml_collections.ConfigDict, *, extractors=None,
   out_dir = os.path.join(workdir, EVAL_DIR)
   os.makedirs(out_dir, exist_ok=True)
   results_path = os.path.join(out_dir, 'results.json')
-  scorer = Scorer(config, ev, extractors, cache_path=os.path.join(out_dir, 'floors.json'))
   previous = {r['setting']: r for r in _read_json(results_path, {}).get('settings', [])}
-  rows = []
+  scorer = None if samples_only else Scorer(config, ev, extractors)
+  rows, sampled_by = [], {}
   for setting in settings:
     n = counts[setting.name]
-    batch = min(int(ev.batch_size), -(-n // int(ev.timing_batches)))
-    key = {'settings': setting.overrides, 'label': setting.label, 'num_samples': n,
-           'seed': int(ev.seed), 'reference': scorer.reference_info(),
+    # Two names for one sampler (e.g. 'consistent' with K = T and 'x0_jump_KT'): sample once.
+    same = json.dumps([setting.overrides, n], sort_keys=True)
+    if same in sampled_by:
+      sampled = dict(sampled_by[same])
+      sampled['same_as'] = sampled.pop('setting_name')
+      sampled['key'] = {**sampled['key'], 'label': setting.label}
+      sampled['sampler'] = f"{setting.label} (the samples of {sampled['same_as']})"
+    else:
+      sampled = _sample_setting(workdir, config, ev, setting, n, out_dir, log)
+      sampled_by[same] = {**sampled, 'setting_name': setting.name}
+    if scorer is None:
+      continue
+    key = {**sampled['key'], 'reference': scorer.reference_info(),
            'features': scorer.describe(), 'floor_split': str(ev.floor_split)}
-    npz = os.path.join(out_dir, f'{setting.name}.npz')
     old = previous.get(setting.name)
-    if old is not None and old.get('key') == key and os.path.exists(npz):
+    if old is not None and old.get('key') == key:
       log(f'{setting.name}: reusing the finished result in {results_path}')
       rows.append(old)
       continue
-    fn, variables, evals, params = _sampler(workdir, config, setting, batch)
-    images, times, compile_s = _generate(fn, variables, n=n, batch=batch, seed=int(ev.seed),
-                                         desc=setting.name)
-    np.savez_compressed(npz, images=images)
-    image_grid.save_grid(os.path.join(out_dir, f'{setting.name}.png'),
-                         images[:int(ev.grid_size)])
+    with np.load(os.path.join(out_dir, sampled['npz'])) as f:
+      images = f['images']
     scores = scorer.score(images)
     floor = scorer.floor(n)
-    row = {'setting': setting.name, 'sampler': setting.label, 'num_samples': n,
-           'params': int(params), 'network_evals': evals,
-           'vae_evals': 0 if config.method == 'ddpm' else 1,
-           'seconds_per_image': float(np.median(times)) / batch,
-           'timed_batches': len(times), 'batch_size': batch, 'compile_seconds': compile_s,
+    row = {'setting': setting.name, **{k: v for k, v in sampled.items() if k != 'key'},
            'fd_efflite0': scores['fd_efflite0'], 'fd_efflite0_floor': floor['fd_efflite0'],
-           'fid': scores.get('fid'), 'fid_floor': floor.get('fid'),
-           'npz': os.path.basename(npz), 'png': f'{setting.name}.png', 'key': key}
+           'fid': scores.get('fid'), 'fid_floor': floor.get('fid'), 'key': key}
     log(f"{setting.name}: n={n} FD_efflite0={row['fd_efflite0']:.2f} "
         f"(floor {row['fd_efflite0_floor']:.2f}) {row['seconds_per_image']:.2e} s/image")
     rows.append(row)
     # Written after every setting: an interrupted run keeps what it finished.
+    done = {x['setting'] for x in rows}
     _write_results(out_dir, config, workdir, rows + [
-        r for r in previous.values() if r['setting'] not in {x['setting'] for x in rows}
+        r for r in previous.values() if r['setting'] not in done
         and r['setting'] in {s.name for s in settings}])
+  if scorer is None:
+    return {'settings': []}
   return _write_results(out_dir, config, workdir, rows)
+
+
+def _sample_setting(workdir, config, ev, setting: Setting, n: int, out_dir: str, log) -> dict:
+  """Generates (or reuses) one setting's samples: ``<name>.npz/.png`` and ``<name>.json``.
+
+  The JSON holds what sampling measured (network evals, params, seconds per image); it is
+  reused when the sampler settings, count and seed are unchanged, so scoring can be redone
+  (e.g. with FID weights added) without sampling again.
+  """
+  from pixdiff_jax import image_grid  # pylint: disable=g-import-not-at-top
+  batch = min(int(ev.batch_size), -(-n // int(ev.timing_batches)))
+  key = {'settings': setting.overrides, 'label': setting.label, 'num_samples': n,
+         'seed': int(ev.seed)}
+  npz = os.path.join(out_dir, f'{setting.name}.npz')
+  meta_path = os.path.join(out_dir, f'{setting.name}.json')
+  meta = _read_json(meta_path, None)
+  if meta is not None and meta.get('key') == key and os.path.exists(npz):
+    log(f'{setting.name}: reusing the samples in {npz}')
+    return meta
+  fn, variables, evals, params = _sampler(workdir, config, setting, batch)
+  images, times, compile_s = _generate(fn, variables, n=n, batch=batch, seed=int(ev.seed),
+                                       desc=setting.name)
+  np.savez_compressed(npz, images=images)
+  image_grid.save_grid(os.path.join(out_dir, f'{setting.name}.png'), images[:int(ev.grid_size)])
+  meta = {'sampler': setting.label, 'num_samples': n, 'params': int(params),
+          'network_evals': evals, 'vae_evals': 0 if config.method == 'ddpm' else 1,
+          'seconds_per_image': float(np.median(times)) / batch, 'timed_batches': len(times),
+          'batch_size': batch, 'batch_seconds': times, 'compile_seconds': compile_s,
+          'machine': _machine(), 'npz': os.path.basename(npz), 'png': f'{setting.name}.png',
+          'key': key}
+  _write_json(meta_path, meta)
+  return meta
 
 
 def method_label(config) -> str:

@@ -398,9 +398,9 @@ def make_figures(workdir: str, ev, *, num_images: int = 8) -> dict:
   titles = [f't={t:.1f}' for t in ts]
   _frames_figure(path('fig07_forward.png'), [
       (f'pixel-aware\ngamma={gamma:g}', pa, titles), ('DDPM\nlinear', dd, titles)],
-      [(0, 1), (-1, 1)])
+      [(-1, 1), (-1, 1)])
   steps, states = reverse_trajectory(workdir, config, num_images=4, seed=seed)
-  vr = (-1, 1) if config.method == 'ddpm' else (0, 1)
+  vr = (-1, 1)  # one grey scale for both methods: noise looks alike, negative values show
   which = 'DDPM ancestral' if config.method == 'ddpm' else 'x0_jump K=T'
   pick_idx = np.unique(np.round(np.linspace(0, len(steps) - 1, 11)).astype(int))
   _frames_figure(path('fig07_reverse.png'), [
@@ -412,7 +412,7 @@ def make_figures(workdir: str, ev, *, num_images: int = 8) -> dict:
     titles = [f't={t:.2f}' for t in ts_start]
     _frames_figure(path('fig09_forward_start.png'), [
         (f'pixel-aware\ngamma={gamma:g}', pa, titles), ('DDPM\nlinear', dd, titles)],
-        [(0, 1), (-1, 1)])
+        [(-1, 1), (-1, 1)])
     last = [k for k, s in enumerate(steps) if s <= T // 10]
     pick_idx = [last[k] for k in np.unique(np.round(np.linspace(0, len(last) - 1, 11)).astype(
         int))]

@@ -139,18 +139,23 @@ def test_eval_compare_figures_on_a_smoke_workdir(tmp_path):
     assert text in md, text
   assert 'nan' not in md.lower()
 
-  # An interrupted run: one setting's result is missing. The rerun redoes only that one.
+  # An interrupted run: x0_jump_K2 was never sampled, vae_prior sampled but not scored. The
+  # rerun samples only x0_jump_K2, scores both, and reuses paper's result as it was.
   mtimes = {n: os.path.getmtime(w / 'eval' / f'{n}.npz') for n in rows}
-  results['settings'] = [r for r in results['settings'] if r['setting'] != 'x0_jump_K2']
+  results['settings'] = [r for r in results['settings'] if r['setting'] == 'paper']
   (w / 'eval' / 'results.json').write_text(json.dumps(results))
+  (w / 'eval' / 'x0_jump_K2.json').unlink()
   rerun = _main('--workdir', str(w), '--mode', 'eval', *EVAL_ARGS)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   again = {r['setting']: r for r in json.loads(
       (w / 'eval' / 'results.json').read_text())['settings']}
   assert list(again) == list(rows)
   assert os.path.getmtime(w / 'eval' / 'paper.npz') == mtimes['paper']
+  assert os.path.getmtime(w / 'eval' / 'vae_prior.npz') == mtimes['vae_prior']
   assert os.path.getmtime(w / 'eval' / 'x0_jump_K2.npz') > mtimes['x0_jump_K2']
   assert again['paper'] == rows['paper']
+  assert again['vae_prior']['fd_efflite0'] == pytest.approx(rows['vae_prior']['fd_efflite0'],
+                                                           rel=1e-9)
   # Same seed, same images, same score.
   assert again['x0_jump_K2']['fd_efflite0'] == pytest.approx(rows['x0_jump_K2']['fd_efflite0'],
                                                             rel=1e-6)
