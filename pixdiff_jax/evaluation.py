@@ -225,11 +225,10 @@ class Scorer:
 
 
 def check_inception_weights(ev) -> None:
+  """A given but missing Inception file is an error before any sampling starts."""
   if ev.inception_weights and not os.path.isfile(ev.inception_weights):
-    raise EvalError(
-        f'--config.eval.inception_weights={ev.inception_weights}: no such file; FID needs '
-        "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a release asset of "
-        'github.com/mseitzer/pytorch-fid, usually cached in ~/.cache/torch/hub/checkpoints/)')
+    from pixdiff_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+    raise EvalError(inception.missing_weights_message(ev.inception_weights))
 
 
 def _finite(value, what: str) -> float:
