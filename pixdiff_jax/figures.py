@@ -278,13 +278,21 @@ def fig_samples(path: str, workdir: str, config, seed: int) -> list[str]:
   plt = _plt()
   from pixdiff_jax import evaluation, image_grid  # pylint: disable=g-import-not-at-top
   eval_dir = os.path.join(workdir, evaluation.EVAL_DIR)
-  results = evaluation._read_json(os.path.join(eval_dir, 'results.json'), {})  # pylint: disable=protected-access
+  read = evaluation._read_json  # pylint: disable=protected-access
+  scores = {r['setting']: r['fd_efflite0'] for r in read(
+      os.path.join(eval_dir, 'results.json'), {}).get('settings', [])}
+  names = [s.name for s in evaluation.settings_for(config, evaluation.default_eval_config())]
+  names += sorted(n[:-4] for n in os.listdir(eval_dir) if n.endswith('.npz')
+                  and n[:-4] not in names) if os.path.isdir(eval_dir) else []
   panels = []
-  for r in results.get('settings', []):
-    npz = os.path.join(eval_dir, r['npz'])
-    if os.path.exists(npz):
-      with np.load(npz) as f:
-        panels.append((f"{r['setting']}: FD_efflite0 {r['fd_efflite0']:.1f}", f['images'][:36]))
+  for name in names:  # every setting sampled by --mode eval, in the default order
+    meta = read(os.path.join(eval_dir, f'{name}.json'), None)
+    npz = os.path.join(eval_dir, f'{name}.npz')
+    if meta is None or not os.path.exists(npz):
+      continue
+    title = name + (f': FD_efflite0 {scores[name]:.1f}' if name in scores else '')
+    with np.load(npz) as f:
+      panels.append((title, f['images'][:36]))
   if not panels:
     from pixdiff_jax import sampling  # pylint: disable=g-import-not-at-top
     fn, variables = sampling.load_sampler(workdir, batch_size=36)
