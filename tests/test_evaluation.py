@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from pixdiff_jax import config_utils, evaluation, figures
-from test_cli import ROOT, _main, needs_fmnist
+from test_cli import ROOT, _main as _run_main, needs_fmnist
+
+
+def _main(*args):
+  # Generous: a loaded 2-core machine compiles the samplers and the feature network slowly.
+  return _run_main(*args, timeout=1800)
 
 
 def _smoke_config():
