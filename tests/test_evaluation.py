@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from pixdiff_jax import config_utils, evaluation, figures
-from test_cli import ROOT, _main as _run_main, needs_fmnist
+from test_cli import FMNIST, ROOT, _main as _run_main
+
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
+                                  reason='apt-get install dataset-fashion-mnist')
 
 
 def _main(*args):
