@@ -358,7 +358,8 @@ def _sample_setting(workdir, config, ev, setting: Setting, n: int, out_dir: str,
   (e.g. with FID weights added) without sampling again.
   """
   from pixdiff_jax import image_grid  # pylint: disable=g-import-not-at-top
-  batch = min(int(ev.batch_size), -(-n // int(ev.timing_batches)))
+  # Small enough for at least eval.timing_batches batches (when n allows).
+  batch = max(1, min(int(ev.batch_size), n // int(ev.timing_batches)))
   key = {'settings': setting.overrides, 'label': setting.label, 'num_samples': n,
          'seed': int(ev.seed)}
   npz = os.path.join(out_dir, f'{setting.name}.npz')
