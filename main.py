@@ -69,7 +69,17 @@ flags.DEFINE_list('workdirs', [], 'Evaluated workdirs to tabulate together (comp
 flags.DEFINE_string('compare_out', 'comparison',
                     'compare mode writes <compare_out>.md and <compare_out>.json.')
 flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() first (multi-host launches).')
+                  'Join a multi-process job (one process per machine; see README "Training on '
+                  'several machines"). Without --coordinator/--num_processes/--process_id, JAX '
+                  'auto-detects the job (SLURM srun, cloud TPU, JAX_COORDINATOR_ADDRESS etc.).')
+flags.DEFINE_string('coordinator', None,
+                    'With --distributed: HOST:PORT of process 0, which runs the coordinator.')
+flags.DEFINE_integer('num_processes', None, 'With --distributed: number of processes.')
+flags.DEFINE_integer('process_id', None,
+                     'With --distributed: this process, 0 .. num_processes - 1.')
+flags.DEFINE_float('distributed_timeout', 60.0,
+                   'With --distributed: seconds for all processes to connect (and to notice a '
+                   'vanished one) before ending with an error.')
 
 
 flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/pixdiff_jax/xla'),
@@ -88,7 +98,7 @@ def _info(config) -> dict:
 def _sample(config, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pixdiff_jax import config_utils, image_grid, progress, sampling  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config_utils, distributed, image_grid, progress, sampling  # pylint: disable=g-import-not-at-top
 
   stored = config_utils.load_config(workdir)
   # The stored config defines the networks; the command line's config supplies the sampler.
@@ -108,17 +118,25 @@ def _sample(config, workdir: str) -> dict:
   jitted = jax.jit(sample_fn)
   key = jax.random.PRNGKey(FLAGS.sample_seed)
   chunks, times = [], []
+  # Batch b uses key fold_in(key, b) whichever process draws it: process p of P draws batches
+  # p, p + P, ... and process 0 gathers them, so the images do not depend on the process layout.
   num_batches = -(-n // batch)
-  bar = progress.progress(total=num_batches, desc='sample', every=max(1, num_batches // 10),
+  mine = distributed.my_items(num_batches)
+  bar = progress.progress(total=len(mine), desc='sample', every=max(1, len(mine) // 10),
                           disable=jax.process_index() != 0)
-  for b in range(num_batches):
+  for b in mine:
     t0 = time.perf_counter()
     images = jax.block_until_ready(jitted(variables, jax.random.fold_in(key, b)))
     times.append(time.perf_counter() - t0)
     chunks.append(image_grid.to_uint8(np.asarray(images)))
     bar.update(1)
   bar.close()
-  images = np.concatenate(chunks)[:n]
+  local = np.stack(chunks) if chunks else np.zeros(
+      (0, batch, stored.data.image_size, stored.data.image_size, stored.data.num_channels),
+      np.uint8)
+  images = distributed.gather_items(local, num_batches).reshape((-1,) + local.shape[2:])[:n]
+  if jax.process_index() != 0:
+    return {}
   st = dict(sample_fn.settings, preset=settings['preset'])
   name = FLAGS.sample_name or (
       f"{st['sampler']}_{st['preset']}_K{st['network_calls']}_eta{st['eta']:g}_{st['update']}"
@@ -209,10 +227,31 @@ def _files_written(workdir: str) -> list[str]:
   return lines
 
 
+def _start_distributed():
+  """--distributed: joins the multi-process job; only process 0 logs at INFO level."""
+  from pixdiff_jax import distributed  # pylint: disable=g-import-not-at-top
+  given = [n for n in ('coordinator', 'num_processes', 'process_id')
+           if FLAGS[n].value is not None]
+  if not FLAGS.distributed:
+    if given:
+      raise UsageError(f'--{given[0]} needs --distributed')
+    return
+  if FLAGS.distributed_timeout <= 0:
+    raise UsageError(f'--distributed_timeout must be > 0, got {FLAGS.distributed_timeout}')
+  distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
+                         timeout_s=FLAGS.distributed_timeout)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+  logging.info('process %d of %d; %d devices in all (%d here)', jax.process_index(),
+               jax.process_count(), jax.device_count(), jax.local_device_count())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   _setup_runtime()
+  from pixdiff_jax import distributed  # pylint: disable=g-import-not-at-top
   try:
     if not FLAGS.workdir and FLAGS.mode != 'info':
       raise UsageError(f'--workdir must not be empty for --mode {FLAGS.mode}')
@@ -230,9 +269,7 @@ def main(argv):
     if FLAGS.mode == 'info':
       print(json.dumps(_info(config), indent=2))
       return
-    if FLAGS.distributed:
-      import jax  # pylint: disable=g-import-not-at-top
-      jax.distributed.initialize()
+    _start_distributed()
     if FLAGS.mode == 'train':
       from pixdiff_jax import train  # pylint: disable=g-import-not-at-top
       stages = None if FLAGS.stage == 'all' else [FLAGS.stage]
@@ -240,17 +277,28 @@ def main(argv):
       _report(f'training finished; {FLAGS.workdir} holds:', _files_written(FLAGS.workdir))
     else:
       summary = _sample(config, FLAGS.workdir)
-      print(json.dumps(summary, indent=2))
-      _report(f'sampling finished ({summary["num_samples"]} images, '
-              f'{summary["network_evals"]} network calls each); wrote:',
-              [f'  images  {summary["npz"]}  (uint8 [N, H, W, C], key "images")',
-               f'  grid    {summary["png"]}'])
-  except (UsageError, ValueError, FileNotFoundError) as err:
-    # User mistakes (bad config, missing data or checkpoints) end in one readable line.
+      if summary:  # process 0 only
+        print(json.dumps(summary, indent=2))
+        _report(f'sampling finished ({summary["num_samples"]} images, '
+                f'{summary["network_evals"]} network calls each); wrote:',
+                [f'  images  {summary["npz"]}  (uint8 [N, H, W, C], key "images")',
+                 f'  grid    {summary["png"]}'])
+  except (UsageError, ValueError, FileNotFoundError, distributed.DistributedError) as err:
+    # User mistakes (bad config, missing data or checkpoints) end in one readable line; in a
+    # multi-process job the other processes end with it too (instead of waiting for this one).
     if os.environ.get('PIXDIFF_TRACEBACK'):
       raise
     print(f'error: {err}', file=sys.stderr)
-    sys.exit(2)
+    distributed.report_failure(str(err))
+    distributed.exit_after_failure(2)
+  except BaseException as err:  # pylint: disable=broad-except
+    if not distributed.is_active():
+      raise
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    distributed.report_failure(f'{type(err).__name__}: {err}')
+    distributed.exit_after_failure(1)
+  distributed.finish()
 
 
 def _report(title: str, lines: list[str]) -> None:

@@ -39,7 +39,8 @@ positions ``[s * B, (s + 1) * B)`` (``B = config.training.batch_size``), so a ru
 ``s`` sees exactly the batches of an uninterrupted run and the cost of resuming is one
 permutation. Process ``p`` of ``P`` reads only rows ``[p * B/P, (p + 1) * B/P)`` of every global
 batch, which it returns as ``float32 [local_devices, B / (P * local_devices), H, W, C]``.
-Flips and dequantisation noise come from ``np.random.default_rng([seed, 1, step, p])``.
+The flip and dequantisation noise of row ``r`` of global batch ``s`` come from
+``np.random.default_rng([seed, 1, s, r])``, so they do not depend on the process layout either.
 """
 from __future__ import annotations
 
@@ -732,12 +733,19 @@ class BatchIterator:
   def batch(self, step: int) -> Float[np.ndarray, 'd b h w c']:
     """The scaled, augmented batch of ``step``, ``float32 [D, B / (P D), H, W, C]``."""
     images = self.source.get(self.indices(step))
-    rng = np.random.default_rng([self.seed, 1, step, self.process_index])
+    if not (self.random_flip or self.dequantize):
+      x = scale_images(images, method=self.method, eps=self.eps)
+      return x.reshape(self.batch_shape)
+    # One generator per row of the global batch: the same draws for any process layout.
+    first_row = self.process_index * (self.batch_size // self.process_count)
+    rngs = [np.random.default_rng([self.seed, 1, step, first_row + i])
+            for i in range(len(images))]
     if self.random_flip:
-      flip = rng.random(len(images)) < 0.5
+      flip = np.array([g.random() < 0.5 for g in rngs])
       images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
-    x = scale_images(images, method=self.method, eps=self.eps, dequantize=self.dequantize,
-                     rng=rng)
+    x = np.stack([scale_images(im, method=self.method, eps=self.eps,
+                               dequantize=self.dequantize, rng=g)
+                  for im, g in zip(images, rngs)])
     return x.reshape(self.batch_shape)
 
   def __iter__(self) -> 'BatchIterator':

@@ -29,8 +29,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from pixdiff_jax import checkpointing, config_utils, data, image_grid, losses, metric_writer
-from pixdiff_jax import models, progress, sampling
+from pixdiff_jax import checkpointing, config_utils, data, distributed, image_grid, losses
+from pixdiff_jax import metric_writer, models, progress, sampling
 from pixdiff_jax.train_state import (TrainState, create_train_state, ema_decay_at,
                                      make_optimizer, num_skipped_updates, update_ema)
 
@@ -85,13 +85,16 @@ def get_p_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_d
   Takes ``(state [D,...], x0 [D, k, b, H, W, C], key, aux [D,...])`` and returns the state and
   the metrics averaged over the ``k`` steps (``[D]`` each). The state buffers are donated.
 
-  With several local devices this is ``jax.pmap`` over them (gradients ``pmean``-ed). With one
-  device it is ``jax.jit`` of the same step without a device axis (device index 0, so the
-  randomness is the same): on XLA:CPU a pmapped step runs about 16x slower than the jitted one
-  (4.0 s vs 0.25 s per VAE step of configs/fashion_mnist.py), and ``vmap`` over a size-1 device
-  axis is as slow (the replicated kernels turn convolutions into grouped ones).
+  With several devices this is ``jax.pmap`` over the local ones (gradients ``pmean``-ed over
+  the devices of every process of a multi-process job; ``axis_index`` is the global device
+  index, so process ``p`` of a 2-process job with one device each draws what device ``p`` of a
+  single process with 2 devices draws). With one device in all it is ``jax.jit`` of the same
+  step without a device axis (device index 0, so the randomness is the same): on XLA:CPU a
+  pmapped step runs about 16x slower than the jitted one (4.0 s vs 0.25 s per VAE step of
+  configs/fashion_mnist.py), and ``vmap`` over a size-1 device axis is as slow (the replicated
+  kernels turn convolutions into grouped ones).
   """
-  n_dev = jax.local_device_count()
+  n_dev = jax.device_count()
   train_step = get_train_step(loss_fn, tx, ema_decay=ema_decay, ema_warmup=ema_warmup,
                               axis_name=AXIS if n_dev > 1 else None)
 
@@ -311,9 +314,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[s
   """
   config_utils.validate_config(config)
   models.validate_config(config)
-  if os.path.exists(config_utils.config_path(workdir)):
-    config_utils.check_compatible(config_utils.load_config(workdir), config)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # the others would race its write; its error ends them too
+    if os.path.exists(config_utils.config_path(workdir)):
+      config_utils.check_compatible(config_utils.load_config(workdir), config)
     config_utils.save_config(config, workdir)
   wanted = tuple(stages) if stages else stages_for(config)
   for name in wanted:
@@ -322,6 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[s
                        f'stages: {stages_for(config)}')
   # Open the data first: a missing dataset fails here, before anything is compiled.
   source = data.load_source(config)
+  distributed.barrier('data loaded', timeout_s=600)
   writer = metric_writer.MetricWriter(workdir)
   results = {}
   try:

@@ -250,6 +250,22 @@ def test_host_shards_disjoint_and_covering(process_count):
     _iterator(source, batch_size=8, process_index=process_count, process_count=process_count)
 
 
+@pytest.mark.parametrize('process_count, local_devices', [(2, 1), (4, 1), (2, 2)])
+def test_host_shards_draw_the_single_process_flips_and_noise(process_count, local_devices):
+  # Each row's flip and dequantisation noise depend on its place in the global batch only.
+  source = _source(n=13)
+  kw = dict(batch_size=8, random_flip=True, dequantize=True)
+  single = _iterator(source, num_local_devices=process_count * local_devices, **kw)
+  hosts = [_iterator(source, process_index=p, process_count=process_count,
+                     num_local_devices=local_devices, **kw) for p in range(process_count)]
+  for step in (0, 3):
+    whole = single.batch(step).reshape(8, 4, 4, 1)
+    parts = np.concatenate([h.batch(step).reshape(-1, 4, 4, 1) for h in hosts])
+    np.testing.assert_array_equal(parts, whole)
+  plain = _iterator(source, batch_size=8, num_local_devices=process_count * local_devices)
+  assert not np.array_equal(single.batch(0), plain.batch(0))  # the augmentation did something
+
+
 def test_batch_shape_on_local_devices():
   assert jax.local_device_count() == 2
   config = _config(dataset='npz')

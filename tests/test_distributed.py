@@ -1,0 +1,144 @@
+"""Two processes of main.py (JAX multi-controller runtime, gloo on CPU): bad launches and a
+failing process end every process with one line.
+
+Each subprocess gets its own XLA_FLAGS (1 CPU device per process of the 2-process job, 2 forced
+host devices for the single process). The trained workdirs are shared by the tests of this module
+(module-scoped fixtures), and independent runs go in pairs, in parallel.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pixdiff_jax import distributed
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
+                                  reason='apt-get install dataset-fashion-mnist')
+
+# Smoke config, shortened (less to compile, same code paths): T=4 heads without residual
+# blocks, 4 steps per stage, checkpoints at 2 and 4, no snapshot grids.
+SMOKE = ['--config', 'configs/smoke.py', '--config.diffusion.num_steps=4',
+         '--config.model.head_num_res_blocks=0']
+SHORT = SMOKE + ['--config.training.vae_steps=4', '--config.training.reverse_steps=4',
+                 '--config.training.checkpoint_every=2', '--config.training.snapshot_every=0']
+TIMEOUT = 1800
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
+  return env
+
+
+def _command(*args):
+  cache = os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache'))
+  return [sys.executable, str(ROOT / 'main.py'), f'--compilation_cache={cache}', *args]
+
+
+class Run:
+  """A launched group of processes (1 with 2 devices, or 2 with 1 device each)."""
+
+  def __init__(self, processes: int, *args, port: int | None = None, per_process=None):
+    self.start = time.perf_counter()
+    if processes == 1:
+      self.procs = [subprocess.Popen(_command(*args), cwd=ROOT, env=_env(2), text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    else:
+      port = port or _free_port()
+      self.procs = [
+          subprocess.Popen(
+              _command(*args, *(per_process[i] if per_process else ()), '--distributed',
+                       f'--coordinator=127.0.0.1:{port}', f'--num_processes={processes}',
+                       f'--process_id={i}'),
+              cwd=ROOT, env=_env(1), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+          for i in range(processes)]
+
+  def wait(self, timeout: float = TIMEOUT):
+    """``[(returncode, stdout, stderr)]`` per process; ``self.seconds`` the wall time."""
+    out = []
+    for p in self.procs:
+      try:
+        stdout, stderr = p.communicate(timeout=max(1.0, timeout - self.elapsed()))
+      except subprocess.TimeoutExpired:
+        for q in self.procs:
+          q.kill()
+        raise
+      out.append((p.returncode, stdout, stderr))
+    self.seconds = self.elapsed()
+    return out
+
+  def elapsed(self):
+    return time.perf_counter() - self.start
+
+
+def _check_ok(results, what):
+  for i, (code, _, stderr) in enumerate(results):
+    assert code == 0, f'{what}, process {i}: exit {code}\n{stderr[-4000:]}'
+
+
+@needs_fmnist
+def test_a_failing_process_ends_the_other_with_its_message(tmp_path):
+  # Process 1's data are missing; process 0 has read its shard and waits for process 1.
+  run = Run(2, *SHORT, '--workdir', str(tmp_path / 'w'),
+            per_process=[[], ['--config.data.dataset=mnist', '--config.data.path=/nonexistent']])
+  (code0, _, err0), (code1, _, err1) = run.wait(timeout=300)
+  last0, last1 = err0.strip().splitlines()[-1], err1.strip().splitlines()[-1]
+  assert code1 == 2 and last1.startswith('error: ') and 'mnist' in last1, err1[-3000:]
+  assert code0 == 2 and last0.startswith('error: process 1 failed: '), err0[-3000:]
+  assert last0.endswith(last1[len('error: '):])
+
+
+def _one_line_error(run, timeout=90):
+  results = run.wait(timeout=timeout)
+  return [(code, stderr.strip().splitlines()[-1] if stderr.strip() else '')
+          for code, _, stderr in results]
+
+
+def test_bad_launches_end_in_one_line_within_the_timeout(tmp_path):
+  cfg = ['--config', 'configs/smoke.py', '--workdir', str(tmp_path / 'w')]
+  # A port in use: process 0 cannot run the coordinator there.
+  with socket.socket() as taken:
+    taken.bind(('0.0.0.0', 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    busy = Run(1, *cfg, '--distributed', f'--coordinator=127.0.0.1:{port}',
+               '--num_processes=2', '--process_id=0')
+    [(code, line)] = _one_line_error(busy)
+  assert code == 2 and line.startswith('error: port') and 'in use' in line, line
+  # A process id outside [0, num_processes).
+  bad_id = Run(1, *cfg, '--distributed', f'--coordinator=127.0.0.1:{_free_port()}',
+               '--num_processes=2', '--process_id=2')
+  [(code, line)] = _one_line_error(bad_id)
+  assert code == 2 and line.startswith('error: --process_id must be in [0, 2)'), line
+  # Nobody at the coordinator's address: the watchdog's line after --distributed_timeout.
+  lonely = Run(1, *cfg, '--distributed', f'--coordinator=127.0.0.1:{_free_port()}',
+               '--num_processes=2', '--process_id=1', '--distributed_timeout=5')
+  [(code, line)] = _one_line_error(lonely)
+  assert code == 2 and 'did not complete within 5 s' in line, line
+  assert lonely.seconds < 60
+
+
+def test_gather_items_single_process_keeps_order():
+  local = np.arange(12).reshape(3, 4)
+  assert distributed.my_items(3) == [0, 1, 2]
+  np.testing.assert_array_equal(distributed.gather_items(local, 3), local)
+
+
+@pytest.mark.parametrize('address', ['localhost', 'host:', ':123', 'host:0', 'host:99999'])
+def test_bad_coordinator_address(address):
+  with pytest.raises(distributed.DistributedError, match='HOST:PORT'):
+    distributed.parse_address(address)
