@@ -48,6 +48,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   diffusion.target = 'cumulative'
   # Weight of the diagonal head j = i in the reverse loss (1 = eq. 15, every active head alike).
   diffusion.diagonal_weight = 1.0
+  # Heads evaluated per example in the reverse loss: 0 = all T (masked to the active j <= i,
+  # eq. 15 exactly); n >= 2 = the diagonal head plus n - 1 random active heads, weighted so that
+  # the expected loss is eq. 15's (losses.select_heads); the heads then cost n / T.
+  diffusion.heads_per_example = 0
   # Scale fed to R while training: 'vae' (frozen stage-1 estimate) or 'true'.
   diffusion.scale_source = 'vae'
   # Scalar schedule of the DDPM baseline: 'linear' (1e-4..0.02) or 'cosine'.
@@ -65,6 +69,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   vae.num_groups = 8
   vae.kl_weight = 1e-3
   vae.loss_space = 'scale'      # MSE on x_delta (docs/design.md 2) | 'x0': on the implied image
+  # Compute dtype: 'float32' | 'bfloat16' (accelerators; parameters, loss stay float32).
+  vae.dtype = 'float32'
 
   # ---------------------------------------------------------------- reverse model R
   model = config.model = ml_collections.ConfigDict()
@@ -79,6 +85,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   model.head_ch = 16
   model.head_num_res_blocks = 2
   model.head_attention = False
+  model.dtype = 'float32'      # compute dtype, as vae.dtype
 
   # ---------------------------------------------------------------- training
   training = config.training = ml_collections.ConfigDict()

@@ -30,6 +30,10 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
 # Sections whose change makes a stored checkpoint unusable or meaningless.
 _ARCHITECTURE_SECTIONS = ('method', 'vae', 'model', 'diffusion', 'data.image_size',
                           'data.num_channels')
+# Fields inside those sections that do not change the parameters (compute dtype, how many heads
+# the loss evaluates): a run may resume or sample with another value, and configs saved before
+# they existed still match.
+_NON_ARCHITECTURE_FIELDS = ('vae.dtype', 'model.dtype', 'diffusion.heads_per_example')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -55,6 +59,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"diffusion.scale_source must be 'vae' or 'true', got {d.scale_source!r}")
     if not d.get('diagonal_weight', 1.0) > 0:
       raise ValueError(f'diffusion.diagonal_weight must be > 0, got {d.diagonal_weight!r}')
+    n = d.get('heads_per_example', 0)
+    if not isinstance(n, int) or n == 1 or n < 0:
+      raise ValueError(f'diffusion.heads_per_example must be 0 (all heads) or an int >= 2, '
+                       f'got {n!r}')
     if config.vae.get('loss_space', 'scale') not in VAE_LOSS_SPACES:
       raise ValueError(f'vae.loss_space must be one of {VAE_LOSS_SPACES}, '
                        f'got {config.vae.loss_space!r}')
@@ -107,6 +115,30 @@ def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str
   return s
 
 
+def one_head_baseline_config(config: ml_collections.ConfigDict, *, num_steps: int = 1000
+                             ) -> ml_collections.ConfigDict:
+  """The one-head DDPM baseline on ``config``'s backbone (a new config; ``config`` unchanged).
+
+  Same data and U-Net trunk fields (``model.ch``, ``ch_mult``, ``num_res_blocks``, attention,
+  dropout, groups, ``dtype``), same training and optimiser settings; ``method='ddpm'``,
+  ``model.name='unet'``, the linear schedule ``1e-4..0.02`` with ``num_steps`` steps (Ho et al.
+  2020) and the ``ddpm`` sampler. ``configs/ddpm_fashion_mnist.py`` is this for the main job.
+  """
+  base = config.copy_and_resolve_references()
+  with base.unlocked():
+    base.method = 'ddpm'
+    base.model.name = 'unet'
+    base.diffusion.num_steps = int(num_steps)
+    base.diffusion.schedule = 'linear'
+    base.diffusion.beta_start = 1e-4
+    base.diffusion.beta_end = 0.02
+    base.model.num_heads = int(num_steps)
+    base.training.vae_steps = 0
+    base.sampling.preset = 'custom'
+    base.sampling.sampler = 'ddpm'
+  return base
+
+
 def config_path(workdir: str) -> str:
   return os.path.join(workdir, 'config.json')
 
@@ -143,6 +175,12 @@ def check_compatible(stored: ml_collections.ConfigDict,
     b = _get(config, section)
     a = a.to_dict() if isinstance(a, ml_collections.ConfigDict) else a
     b = b.to_dict() if isinstance(b, ml_collections.ConfigDict) else b
+    for field in _NON_ARCHITECTURE_FIELDS:
+      parent, name = field.split('.')
+      if parent == section:
+        for node in (a, b):
+          if isinstance(node, dict):
+            node.pop(name, None)
     if json.dumps(_tuples(a), sort_keys=True, default=str) != json.dumps(
         _tuples(b), sort_keys=True, default=str):
       diffs.append(section)

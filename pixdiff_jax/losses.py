@@ -28,7 +28,7 @@ from pixdiff_jax.config_utils import VAE_LOSS_SPACES
 from pixdiff_jax.samplers import TARGETS as _TARGETS
 
 __all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
-           'sample_reverse_example', 'gaussian_kl']
+           'sample_reverse_example', 'select_heads', 'gaussian_kl']
 
 PyTree = Any
 Metrics = dict[str, Array]
@@ -135,6 +135,40 @@ def sample_reverse_example(config: ml_collections.ConfigDict, batch_x0: Float[Ar
           'mask': models.head_mask(i, num_steps)}
 
 
+def select_heads(rng: jax.Array, i: Int[Array, 'B'], *, num_steps: int, heads_per_example: int,
+                 diagonal_weight: float = 1.0) -> tuple[Int[Array, 'B n'], Float[Array, 'B n']]:
+  """An unbiased subsample of each example's active heads, for the reverse loss.
+
+  Slot 0 is the diagonal head ``j = i`` (weight ``diagonal_weight``); slots ``1..n-1``
+  (``n = heads_per_example >= 2``) are ``c = min(n - 1, i - 1)`` distinct heads drawn uniformly
+  without replacement from ``{1..i-1}``, each of weight ``(i - 1) / c`` (so that the expected
+  weight of every active head ``j < i`` is 1); slots beyond ``c`` repeat the diagonal head with
+  weight 0. Hence ``E[sum_m w[b, m] f(heads[b, m])] = w_diag f(i_b) + sum_{j < i_b} f(j)`` for
+  any per-head function ``f``, and with ``n >= T`` every active head is selected with weight 1.
+
+  Returns:
+    ``(heads [B, n] int32 in 1..T, weights [B, n] float32)``.
+  """
+  n = int(heads_per_example)
+  if n < 2:
+    raise ValueError(f'heads_per_example must be >= 2 (the diagonal head plus at least one '
+                     f'other active head), got {n}')
+  batch = i.shape[0]
+  j = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
+  u = jax.random.uniform(rng, (batch, num_steps))
+  u = jnp.where(j[None, :] < i[:, None], u, 2.0)  # candidates j < i first, in random order
+  others = jnp.argsort(u, axis=1)[:, :n - 1].astype(jnp.int32) + 1
+  if others.shape[1] < n - 1:  # n - 1 > T: pad (these slots are never valid)
+    others = jnp.pad(others, ((0, 0), (0, n - 1 - others.shape[1])), constant_values=1)
+  c = jnp.minimum(n - 1, i - 1)
+  valid = jnp.arange(n - 1)[None, :] < c[:, None]
+  w_others = jnp.where(valid, ((i - 1) / jnp.maximum(c, 1)).astype(jnp.float32)[:, None], 0.0)
+  heads = jnp.concatenate([i[:, None], jnp.where(valid, others, i[:, None])], axis=1)
+  weights = jnp.concatenate([jnp.full((batch, 1), diagonal_weight, jnp.float32), w_others],
+                            axis=1)
+  return heads, weights
+
+
 def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUNet,
                         vae: models.ScaleVAE | None = None) -> LossFn:
   """Loss of the T-headed reverse model ``R`` (eq. 15 with the head mask of eq. 14).
@@ -156,9 +190,17 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     paper) weighs the diagonal head ``j = i`` of each example ``w`` times (the one head that
     the ``x0_jump`` sampler reads at step ``i``): ``sum (se * W) / sum W`` with ``W = mask``
     plus ``w - 1`` at ``(b, i_b)``.
+  * ``config.diffusion.heads_per_example = n``: ``0`` (default) evaluates all T heads and
+    masks them as above. ``n >= 2`` evaluates only ``n`` heads per example (``THeadUNet(...,
+    heads=)``): the diagonal head and ``n - 1`` random active heads chosen and weighted by
+    :func:`select_heads` (key ``fold_in(rng, 1)``, or ``heads_rng``); the numerator is
+    ``sum_{b, m} w[b, m] se[b, m]`` and the denominator the same ``sum W`` as above, so the
+    expected loss (and gradient) over the draw equals the full loss; with ``n >= T`` it IS
+    the full loss. The heads cost ``n / T`` of the full evaluation.
 
-  Metrics: ``mse_head_1`` (head 1, active for every example), ``mse_head_i`` (head ``j = i``,
-  the first one Algorithm 1 uses), ``active_heads`` (mean number of active heads).
+  Metrics: ``mse_head_1`` (head 1, active for every example; full evaluation only),
+  ``mse_head_i`` (head ``j = i``, the first one Algorithm 1 uses), ``active_heads`` (mean
+  number of active heads).
   """
   d = config.diffusion
   gamma, num_steps = float(d.gamma), int(d.num_steps)
@@ -175,9 +217,14 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
   diagonal_weight = float(d.get('diagonal_weight', 1.0))
   if not diagonal_weight > 0:
     raise ValueError(f'diffusion.diagonal_weight must be > 0, got {diagonal_weight!r}')
+  heads_per_example = int(d.get('heads_per_example', 0))
+  if heads_per_example == 1 or heads_per_example < 0:
+    raise ValueError(f'diffusion.heads_per_example must be 0 (all active heads) or >= 2, got '
+                     f'{heads_per_example}')
 
   def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
-              vae_params: PyTree = None, train: bool = True) -> tuple[Array, Metrics]:
+              vae_params: PyTree = None, train: bool = True,
+              heads_rng: jax.Array | None = None) -> tuple[Array, Metrics]:
     x0 = jnp.asarray(batch_x0, jnp.float32)
     rng_example, rng_dropout = jax.random.split(rng)
     ex = sample_reverse_example(config, x0, rng_example)
@@ -188,6 +235,18 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
       x_delta_hat = jax.lax.stop_gradient(models.vae_estimate_scale(vae, vae_params, x_i, i))
     else:
       x_delta_hat = schedules.image_scale(x0, gamma)
+    if heads_per_example:
+      heads, w = select_heads(jax.random.fold_in(rng, 1) if heads_rng is None else heads_rng,
+                              i, num_steps=num_steps, heads_per_example=heads_per_example,
+                              diagonal_weight=diagonal_weight)
+      z = model.apply({'params': params}, x_i, x_delta_hat, i, train=train, heads=heads,
+                      rngs={'dropout': rng_dropout})  # [B, n, H, W, C]
+      targets = jnp.take_along_axis(ex['targets'], (heads - 1)[:, :, None, None, None], axis=1)
+      se = jnp.mean(jnp.square(z - targets), axis=(2, 3, 4))  # [B, n]
+      denominator = jnp.sum(i.astype(se.dtype)) + x0.shape[0] * (diagonal_weight - 1.0)
+      loss = jnp.sum(se * w) / denominator
+      return loss, {'mse_head_i': jnp.mean(se[:, 0]),
+                    'active_heads': jnp.mean(i.astype(se.dtype))}
     z = model.apply({'params': params}, x_i, x_delta_hat, i, train=train,
                     rngs={'dropout': rng_dropout})
     se = jnp.mean(jnp.square(z - ex['targets']), axis=(2, 3, 4))  # [B, T]

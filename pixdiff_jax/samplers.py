@@ -63,6 +63,7 @@ __all__ = [
 EPS = 4e-3  # images x0 lie in [EPS, 1] (docs/design.md section 1)
 
 ModelFn = Callable[[Array, Array, Array], Array]
+HeadFn = Callable[[Array, Array, Array], Array]
 EpsFn = Callable[[Array, Array], Array]
 Update = Literal['recursion', 'x0_jump']
 Target = Literal['cumulative', 'increment', 'v', 'x0']
@@ -310,8 +311,8 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
                              num_steps: int, network_calls: int = 1,
                              eta: float | ArrayLike = 1.0, clip_denoised: bool = False,
                              eps: float = EPS, start_step: int | ArrayLike | None = None,
-                             update: Update = 'recursion', target: Target = 'cumulative'
-                             ) -> Float[Array, '*shape']:
+                             update: Update = 'recursion', target: Target = 'cumulative',
+                             head_fn: HeadFn | None = None) -> Float[Array, '*shape']:
   """Block-sequential sampling: re-evaluate the T-head model at K evenly spaced steps.
 
   Block ``k`` evaluates ``Z = model_fn(x_{t_k}, x_delta_hat, t_k)`` once and runs the
@@ -339,6 +340,12 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
       image from its call at ``t_k`` (``_x0_estimate`` with ``target``), clips it into
       ``[eps, 1]`` if ``clip_denoised``, and moves to ``t_{k+1}`` with the DDIM update of the
       per-pixel schedule (``_x0_jump``; ``eta = 1`` with ``K = T`` is ancestral sampling).
+    head_fn: optional ``head_fn(x_j, x_delta_hat, j) -> Z^jc`` of shape ``S``: the ONE head
+      ``jc = clip(j, 1, T)`` of the same model called at step ``j`` (equal to
+      ``model_fn(x_j, x_delta_hat, j)[jc - 1]``), evaluated without the other heads. Used
+      instead of ``model_fn`` when every call reads only that head: ``update='x0_jump'`` with a
+      target other than ``'increment'``, or one step per block (K equal to the start step).
+      The paper's K=1 recursion reads all T heads and always calls ``model_fn``.
     target: what the heads predict (``config.diffusion.target``): ``'cumulative'`` and
       ``'increment'`` are read as above; ``'v'`` heads are turned into
       ``eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j`` for the recursion, and give
@@ -378,16 +385,18 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     raise ValueError(f'update must be one of {UPDATES}, got {update!r}')
   if target not in TARGETS:
     raise ValueError(f'target must be one of {TARGETS}, got {target!r}')
+  reads_one_head = (update == 'x0_jump' and target != 'increment') or length == 1
   return _block_sequential_jit(model_fn, x.astype(dtype), x_delta_hat, rng,
                                jnp.asarray(eta, dtype), his, los, length=length,
                                num_steps=num_steps, clip_denoised=bool(clip_denoised),
-                               eps=float(eps), update=update, target=target)
+                               eps=float(eps), update=update, target=target,
+                               head_fn=head_fn if reads_one_head else None)
 
 
 @functools.partial(jax.jit, static_argnames=('model_fn', 'length', 'num_steps', 'clip_denoised',
-                                             'eps', 'update', 'target'))
+                                             'eps', 'update', 'target', 'head_fn'))
 def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, length, num_steps,
-                          clip_denoised, eps, update, target):
+                          clip_denoised, eps, update, target, head_fn):
   """The validated core of :func:`block_sequential_reverse` (jitted, keyed on ``model_fn``)."""
   shape, dtype = x.shape, x.dtype
   x_delta = _clamp_scale(jnp.broadcast_to(x_delta_hat.astype(dtype), shape))
@@ -397,9 +406,16 @@ def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, lengt
 
   def block(x, hi_lo):
     hi, lo = hi_lo
-    Z = model_fn(x, x_delta_hat, hi)
-    Z = _check_stack('model_fn output Z', Z, num_steps, shape).astype(dtype)
-    head = lambda j: jax.lax.dynamic_index_in_dim(Z, j - 1, 0, keepdims=False)
+    if head_fn is None:
+      Z = model_fn(x, x_delta_hat, hi)
+      Z = _check_stack('model_fn output Z', Z, num_steps, shape).astype(dtype)
+      head = lambda j: jax.lax.dynamic_index_in_dim(Z, j - 1, 0, keepdims=False)
+    else:  # this call reads head clip(hi, 1, T) only (see block_sequential_reverse)
+      z_hi = _float_array('head_fn output', head_fn(x, x_delta_hat, hi))
+      if z_hi.shape != shape:
+        raise ValueError(f'head_fn output must have the shape of x {shape}, got {z_hi.shape}')
+      z_hi = z_hi.astype(dtype)
+      head = lambda j: z_hi
     if target == 'v':  # the recursion reads eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j
       def z_at(j, x_j):
         jf = j.astype(dtype)

@@ -61,7 +61,8 @@ def get_scale_prior_fn(config: ml_collections.ConfigDict, vae, *, batch_size: in
 
 
 def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
-                  sampler: str | None = None, **overrides) -> SampleFn:
+                  sampler: str | None = None, all_heads: bool = False,
+                  **overrides) -> SampleFn:
   """Pure ``sample_fn(variables, rng) -> images [B, H, W, C]`` in ``[0, 1]``, float32.
 
   Args:
@@ -69,6 +70,8 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
     batch_size: number of images per call.
     sampler: overrides ``config.sampling.sampler`` ('parallel'; or 'ddpm', 'ddim',
       'dpm_solver' for the DDPM baseline).
+    all_heads: evaluate all T heads at every network call even when the update reads one
+      (the behaviour before heads on demand; same samples, for speed comparisons).
     **overrides: any ``config.sampling`` field (``preset``, ``network_calls``, ``eta``,
       ``clip_denoised``, ``prior``, ``update``, ``num_steps``).
   The static number of network evaluations is ``sample_fn.network_evals``.
@@ -84,13 +87,13 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
   if config.method == 'ddpm':
     fn, evals = _ddpm_family_sample_fn(config, shape, s)
   else:
-    fn, evals = _pixel_aware_sample_fn(config, shape, s)
+    fn, evals = _pixel_aware_sample_fn(config, shape, s, all_heads=all_heads)
   fn.network_evals = evals
   fn.settings = dict(s)
   return fn
 
 
-def _pixel_aware_sample_fn(config, shape, s):
+def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
   d = config.diffusion
   T, gamma = d.num_steps, d.gamma
   vae = models.build_vae(config)
@@ -118,9 +121,16 @@ def _pixel_aware_sample_fn(config, shape, s):
       z = net.apply({'params': variables['reverse']}, x_j, xd, steps, train=False)
       return jnp.moveaxis(z, 1, 0)  # [B, T, H, W, C] -> [T, B, H, W, C]
 
+    def head_fn(x_j, xd, j):  # head clip(j, 1, T) only (heads on demand)
+      steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (shape[0],))
+      head = jnp.clip(jnp.asarray(j, jnp.int32), 1, T)[None]
+      return net.apply({'params': variables['reverse']}, x_j, xd, steps, train=False,
+                       heads=head)[:, 0]
+
     x0 = samplers.block_sequential_reverse(
         model_fn, x_T, x_delta_hat, k_loop, num_steps=T, network_calls=K, eta=s['eta'],
-        clip_denoised=s['clip_denoised'], eps=d.eps, update=s['update'], target=d.target)
+        clip_denoised=s['clip_denoised'], eps=d.eps, update=s['update'], target=d.target,
+        head_fn=None if all_heads else head_fn)
     return to_unit_interval(x0, config)
 
   return sample_fn, K

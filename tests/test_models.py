@@ -306,3 +306,74 @@ def test_paper_config_hyperparameters(name, size, steps, gamma, lr, batch):
   assert config.training.vae_steps == config.training.reverse_steps == 1_500_000
   assert config.data.random_flip
   assert config.data.dataset == name  # the TensorFlow-free readers (tfds:<name> still works)
+
+
+# ---------------------------------------------------------------------------- compute dtype
+def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
+  cfg32, cfg16 = tiny_config(), tiny_config()
+  cfg16.model.dtype = cfg16.vae.dtype = 'bfloat16'
+  rng = jax.random.key(3)
+  x_i, x_delta, i = _inputs(rng, [1, 3, 5, 8])
+  for build in (models.build_reverse_model, models.build_vae):
+    m32, m16 = build(cfg32), build(cfg16)
+    shapes = lambda m, cfg: jax.eval_shape(lambda k: models.init_params(m, cfg, k),
+                                           jax.random.key(0))
+    # Same parameters (names, shapes, float32): a checkpoint serves both compute dtypes.
+    assert (jax.tree.map(lambda a: (a.shape, a.dtype), shapes(m32, cfg32))
+            == jax.tree.map(lambda a: (a.shape, a.dtype), shapes(m16, cfg16)))
+    params = numpy_init(m32, cfg32)
+    if build is models.build_vae:
+      run = lambda m: jit_apply(m)({'params': params}, x_i, i, sample_posterior=False)[0]
+    else:
+      run = lambda m: jit_apply(m)({'params': params}, x_i, x_delta, i, train=False)
+    out32, out16 = run(m32), run(m16)
+    assert out16.dtype == jnp.float32 and out16.shape == out32.shape
+    # bfloat16 keeps 8 significant bits: close to float32, but not equal (it did compute in
+    # bfloat16).
+    err = float(jnp.max(jnp.abs(out16 - out32)) / jnp.max(jnp.abs(out32)))
+    assert 0 < err < 0.1, err
+
+
+def test_compute_dtype_errors_and_does_not_block_resuming():
+  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.model.dtype = 'float16'
+  with pytest.raises(ValueError, match='model.dtype'):
+    models.validate_config(config)
+  stored, new = tiny_config(), tiny_config()
+  new.model.dtype = new.vae.dtype = 'bfloat16'
+  config_utils.check_compatible(stored, new)  # another compute dtype: same parameters
+  old = ml_collections.ConfigDict(stored.to_dict())
+  with old.unlocked():
+    del old.model['dtype'], old.vae['dtype']  # a config.json written before the field existed
+  config_utils.check_compatible(old, stored)
+  new.model.ch = 16
+  with pytest.raises(ValueError, match='model'):
+    config_utils.check_compatible(stored, new)
+
+
+def test_one_head_baseline_config_shares_the_backbone():
+  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  base = config_utils.one_head_baseline_config(config, num_steps=1000)
+  assert config.method == 'pixel_aware' and config.diffusion.num_steps == T  # unchanged
+  assert base.method == 'ddpm' and base.diffusion.num_steps == 1000
+  assert isinstance(models.build_reverse_model(base), models.UNet)
+  assert models.ddpm_alphas_cumprod(base).shape == (1000,)
+  shapes = lambda cfg: jax.eval_shape(
+      lambda k: models.init_params(models.build_reverse_model(cfg), cfg, k), jax.random.key(0))
+  flat = lambda tree: {jax.tree_util.keystr(p): v.shape for p, v in
+                       jax.tree_util.tree_flatten_with_path(tree)[0]}
+  p_t, p_u = flat(shapes(config)['backbone']), flat(shapes(base)['backbone'])
+  assert all(p_t[name] == shape for name, shape in p_u.items())
+
+
+def test_random_params_have_the_init_shapes():
+  config = tiny_config()
+  module = models.build_reverse_model(config)
+  params = models.random_params(module, config, seed=0)
+  shapes = jax.eval_shape(lambda k: models.init_params(module, config, k), jax.random.key(0))
+  assert (jax.tree.map(lambda a: (a.shape, a.dtype), params)
+          == jax.tree.map(lambda a: (a.shape, a.dtype), shapes))
+  kernel = np.asarray(params['heads']['conv_out']['kernel'])  # [T, 3, 3, Cin, C]
+  assert abs(kernel.std() * math.sqrt(math.prod(kernel.shape[1:-1])) - 1) < 0.2

@@ -63,6 +63,39 @@ def test_pmap_step_equals_single_device_step():
   assert int(got.step) == 1
 
 
+def test_train_step_compiles_once_across_steps():
+  """Steps 2, 3, 4 (new batches, advanced state) reuse step 1's executable: nothing is traced,
+  lowered or compiled again (counted with jax.monitoring's compile events)."""
+  config = _config()
+  stage = train.build_stage(config, 'vae')
+  tx = make_optimizer(config.optim)
+  state = create_train_state(jax.jit(stage.init_params)(jax.random.PRNGKey(0)), tx)
+  p_step = train.get_p_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=True)
+  p_state = flax.jax_utils.replicate(state)
+  aux = flax.jax_utils.replicate(stage.aux)
+  key = jax.random.PRNGKey(3)
+  rs = np.random.RandomState(0)
+  batches = [rs.uniform(4e-3, 1.0, (2, 1, 4, 32, 32, 1)).astype(np.float32) for _ in range(4)]
+  events = []
+
+  def listener(name, *args, **kwargs):
+    if '/compile/' in name:
+      events.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    counts = []
+    for x0 in batches:
+      p_state, metrics = p_step(p_state, x0, key, aux)
+      jax.device_get(metrics)
+      counts.append(len(events))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert counts[0] > 0, 'the first step must have compiled (else the listener saw nothing)'
+  assert counts[1:] == [counts[0]] * 3, counts
+  assert int(flax.jax_utils.unreplicate(p_state).step) == 4
+
+
 def test_checkpoint_round_trip_is_bit_identical(tmp_path):
   config = _config()
   stage = train.build_stage(config, 'vae')

@@ -1,6 +1,8 @@
 """Building blocks shared by the scale VAE, the T-headed U-Net and the one-head U-Net.
 
-All modules are Flax linen, NHWC, float32. Paper Appendix C: group normalisation at the input of
+All modules are Flax linen, NHWC, with float32 parameters; ``dtype`` (default ``None``: float32
+like the parameters) is the compute dtype, e.g. ``jnp.bfloat16`` (normalisation statistics and
+the attention softmax stay in float32). Paper Appendix C: group normalisation at the input of
 every convolution, a sinusoidal step embedding of size 128 followed by an MLP, residual blocks
 that receive the step embedding, single-head self-attention, stride-2 down- and nearest-neighbour
 up-sampling.
@@ -8,7 +10,7 @@ up-sampling.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -33,9 +35,10 @@ def num_groups_for(channels: int, num_groups: int) -> int:
 
 
 def GroupNorm(channels: int, num_groups: int,  # noqa: N802 (reads like the module it builds)
-              name: Optional[str] = None) -> nn.GroupNorm:
+              name: Optional[str] = None, dtype: Optional[Any] = None) -> nn.GroupNorm:
   """``nn.GroupNorm`` with a group count that always divides ``channels``."""
-  return nn.GroupNorm(num_groups=num_groups_for(channels, num_groups), epsilon=1e-6, name=name)
+  return nn.GroupNorm(num_groups=num_groups_for(channels, num_groups), epsilon=1e-6, name=name,
+                      dtype=dtype)
 
 
 def sinusoidal_embedding(t: Float[ArrayLike, 'B'], dim: int = SINUSOIDAL_DIM,
@@ -66,12 +69,13 @@ class StepEmbedding(nn.Module):
     features: output size (``4 * ch`` in the U-Nets, as in DDPM).
   """
   features: int
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, t: Float[ArrayLike, 'B']) -> Float[Array, 'B features']:
     h = sinusoidal_embedding(t, SINUSOIDAL_DIM)
-    h = nn.Dense(self.features, name='dense0')(h)
-    h = nn.Dense(self.features, name='dense1')(nn.silu(h))
+    h = nn.Dense(self.features, dtype=self.dtype, name='dense0')(h)
+    h = nn.Dense(self.features, dtype=self.dtype, name='dense1')(nn.silu(h))
     return h
 
 
@@ -86,6 +90,7 @@ class ShiftConv(nn.Module):
   """
   features: int
   kernel_size: int = 3
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Float[Array, 'B H W Cin']) -> Float[Array, 'B H W features']:
@@ -93,6 +98,8 @@ class ShiftConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (k, k, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    if self.dtype is not None:
+      x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     p = k // 2
     hgt, wid = x.shape[1:3]
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
@@ -116,20 +123,22 @@ class ResBlock(nn.Module):
   dropout: float = 0.0
   # Convolutions as shifted matmuls (:class:`ShiftConv`); for blocks inside the vmapped heads.
   shift_conv: bool = False
+  dtype: Optional[Any] = None
 
   def _conv(self, features: int, k: int, name: str) -> nn.Module:
     if self.shift_conv:
-      return ShiftConv(features, k, name=name)
-    return nn.Conv(features, (k, k), padding=k // 2, name=name)
+      return ShiftConv(features, k, dtype=self.dtype, name=name)
+    return nn.Conv(features, (k, k), padding=k // 2, dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: Float[Array, 'B H W Cin'], temb: Optional[Float[Array, 'B E']] = None,
                *, deterministic: bool = True) -> Float[Array, 'B H W out_ch']:
-    h = nn.silu(GroupNorm(x.shape[-1], self.num_groups, name='norm0')(x))
+    h = nn.silu(GroupNorm(x.shape[-1], self.num_groups, name='norm0', dtype=self.dtype)(x))
     h = self._conv(self.out_ch, 3, 'conv0')(h)
     if temb is not None:
-      h = h + nn.Dense(self.out_ch, name='temb_proj')(nn.silu(temb))[:, None, None, :]
-    h = nn.silu(GroupNorm(self.out_ch, self.num_groups, name='norm1')(h))
+      h = h + nn.Dense(self.out_ch, dtype=self.dtype, name='temb_proj')(
+          nn.silu(temb))[:, None, None, :]
+    h = nn.silu(GroupNorm(self.out_ch, self.num_groups, name='norm1', dtype=self.dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = self._conv(self.out_ch, 3, 'conv1')(h)
     if x.shape[-1] != self.out_ch:
@@ -143,36 +152,40 @@ class AttnBlock(nn.Module):
   Memory: the attention matrix is ``[B, H*W, H*W]`` floats.
   """
   num_groups: int = 32
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Float[Array, 'B H W C']) -> Float[Array, 'B H W C']:
     b, hgt, wid, c = x.shape
-    h = GroupNorm(c, self.num_groups, name='norm')(x).reshape(b, hgt * wid, c)
-    q = nn.Dense(c, name='q')(h)
-    k = nn.Dense(c, name='k')(h)
-    v = nn.Dense(c, name='v')(h)
+    h = GroupNorm(c, self.num_groups, name='norm', dtype=self.dtype)(x).reshape(b, hgt * wid, c)
+    q = nn.Dense(c, dtype=self.dtype, name='q')(h)
+    k = nn.Dense(c, dtype=self.dtype, name='k')(h)
+    v = nn.Dense(c, dtype=self.dtype, name='v')(h)
     w = jnp.einsum('bqc,bkc->bqk', q, k) * (c ** -0.5)
-    w = jax.nn.softmax(w, axis=-1)
+    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
     h = jnp.einsum('bqk,bkc->bqc', w, v)
-    h = nn.Dense(c, name='proj_out')(h)
+    h = nn.Dense(c, dtype=self.dtype, name='proj_out')(h)
     return x + h.reshape(b, hgt, wid, c)
 
 
 class Downsample(nn.Module):
   """Stride-2 3x3 convolution (halves H and W; both must be even)."""
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Float[Array, 'B H W C']) -> Float[Array, 'B H/2 W/2 C']:
-    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=1, name='conv')(x)
+    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=1, dtype=self.dtype,
+                   name='conv')(x)
 
 
 class Upsample(nn.Module):
   """Nearest-neighbour x2 upsampling followed by a 3x3 convolution."""
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Float[Array, 'B H W C']) -> Float[Array, 'B 2*H 2*W C']:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return nn.Conv(x.shape[-1], (3, 3), padding=1, name='conv')(x)
+    return nn.Conv(x.shape[-1], (3, 3), padding=1, dtype=self.dtype, name='conv')(x)
 
 
 def avg_pool(x: Float[Array, 'B H W C'], factor: int) -> Float[Array, 'B H/factor W/factor C']:

@@ -13,7 +13,7 @@ The decoder can be run alone from a prior sample ``z ~ N(0, I)`` with :meth:`Sca
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -37,23 +37,25 @@ class _Encoder(nn.Module):
   num_res_blocks: int
   latent_dim: int
   num_groups: int
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, temb):
-    h = nn.Conv(self.ch, (3, 3), padding=1, name='conv_in')(x)
+    dt = self.dtype
+    h = nn.Conv(self.ch, (3, 3), padding=1, dtype=dt, name='conv_in')(x)
     for k, mult in enumerate(self.ch_mult):
       for r in range(self.num_res_blocks):
-        h = ResBlock(self.ch * mult, self.num_groups, name=f'down{k}_res{r}')(h, temb)
+        h = ResBlock(self.ch * mult, self.num_groups, dtype=dt, name=f'down{k}_res{r}')(h, temb)
       if k != len(self.ch_mult) - 1:
-        h = Downsample(name=f'down{k}_down')(h)
+        h = Downsample(dtype=dt, name=f'down{k}_down')(h)
     if h.shape[1:3] != (BOTTLENECK_SIZE, BOTTLENECK_SIZE):
       raise ValueError(f'ScaleVAE encoder reached a {h.shape[1]}x{h.shape[2]} bottleneck, needs '
                        f'{BOTTLENECK_SIZE}x{BOTTLENECK_SIZE}: adjust vae.ch_mult')
-    h = ResBlock(h.shape[-1], self.num_groups, name='mid_res')(h, temb)
-    h = AttnBlock(self.num_groups, name='mid_attn')(h)
-    h = nn.silu(GroupNorm(h.shape[-1], self.num_groups, name='norm_out')(h))
+    h = ResBlock(h.shape[-1], self.num_groups, dtype=dt, name='mid_res')(h, temb)
+    h = AttnBlock(self.num_groups, dtype=dt, name='mid_attn')(h)
+    h = nn.silu(GroupNorm(h.shape[-1], self.num_groups, name='norm_out', dtype=dt)(h))
     h = h.reshape(h.shape[0], -1)
-    stats = nn.Dense(2 * self.latent_dim, name='to_latent')(h)
+    stats = nn.Dense(2 * self.latent_dim, dtype=dt, name='to_latent')(h).astype(jnp.float32)
     mean, logvar = jnp.split(stats, 2, axis=-1)
     return mean, jnp.clip(logvar, *_LOGVAR_RANGE)
 
@@ -64,21 +66,25 @@ class _Decoder(nn.Module):
   num_res_blocks: int
   out_ch: int
   num_groups: int
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, z, temb):
+    dt = self.dtype
     c_last = self.ch * self.ch_mult[-1]
-    h = nn.Dense(BOTTLENECK_SIZE * BOTTLENECK_SIZE * c_last, name='from_latent')(z)
+    h = nn.Dense(BOTTLENECK_SIZE * BOTTLENECK_SIZE * c_last, dtype=dt, name='from_latent')(z)
     h = h.reshape(z.shape[0], BOTTLENECK_SIZE, BOTTLENECK_SIZE, c_last)
-    h = ResBlock(c_last, self.num_groups, name='mid_res')(h, temb)
-    h = AttnBlock(self.num_groups, name='mid_attn')(h)
+    h = ResBlock(c_last, self.num_groups, dtype=dt, name='mid_res')(h, temb)
+    h = AttnBlock(self.num_groups, dtype=dt, name='mid_attn')(h)
     for k in reversed(range(len(self.ch_mult))):
       for r in range(self.num_res_blocks):
-        h = ResBlock(self.ch * self.ch_mult[k], self.num_groups, name=f'up{k}_res{r}')(h, temb)
+        h = ResBlock(self.ch * self.ch_mult[k], self.num_groups, dtype=dt,
+                     name=f'up{k}_res{r}')(h, temb)
       if k != 0:
-        h = Upsample(name=f'up{k}_up')(h)
-    h = nn.silu(GroupNorm(h.shape[-1], self.num_groups, name='norm_out')(h))
-    return nn.Conv(self.out_ch, (3, 3), padding=1, name='conv_out')(h)
+        h = Upsample(dtype=dt, name=f'up{k}_up')(h)
+    h = nn.silu(GroupNorm(h.shape[-1], self.num_groups, name='norm_out', dtype=dt)(h))
+    return nn.Conv(self.out_ch, (3, 3), padding=1, dtype=dt, name='conv_out')(h).astype(
+        jnp.float32)
 
 
 class ScaleVAE(nn.Module):
@@ -94,6 +100,7 @@ class ScaleVAE(nn.Module):
     gamma: pixel-aware rate (``config.diffusion.gamma``).
     eps: lower end of the image range (``config.diffusion.eps``).
     num_groups: GroupNorm groups.
+    dtype: compute dtype (``None``: float32); parameters and outputs are float32.
 
   Rng streams: ``'latent'`` (only when ``sample_posterior=True``). Variables: ``'params'`` only.
   """
@@ -105,13 +112,14 @@ class ScaleVAE(nn.Module):
   gamma: float
   eps: float
   num_groups: int = 32
+  dtype: Optional[Any] = None
 
   def setup(self):
-    self.step_embedding = StepEmbedding(4 * self.ch)
+    self.step_embedding = StepEmbedding(4 * self.ch, dtype=self.dtype)
     self.encoder = _Encoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, self.latent_dim,
-                            self.num_groups)
+                            self.num_groups, dtype=self.dtype)
     self.decoder = _Decoder(self.ch, tuple(self.ch_mult), self.num_res_blocks, self.out_ch,
-                            self.num_groups)
+                            self.num_groups, dtype=self.dtype)
 
   def __call__(self, x_i: Float[Array, 'B H W C'], i: Float[ArrayLike, 'B'], *,
                sample_posterior: bool

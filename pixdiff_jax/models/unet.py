@@ -9,7 +9,7 @@ input.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,23 +24,25 @@ __all__ = ['ScaleMap', 'Fuse', 'UNetBackbone', 'UNet']
 class ScaleMap(nn.Module):
   """Learned non-linear map ``H_k`` of image-scale features: ``conv3x3 -> SiLU -> conv1x1``."""
   features: int
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, s: Float[Array, 'B H W S']) -> Float[Array, 'B H W features']:
-    h = nn.Conv(self.features, (3, 3), padding=1, name='conv0')(s)
-    return nn.Conv(self.features, (1, 1), name='conv1')(nn.silu(h))
+    h = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name='conv0')(s)
+    return nn.Conv(self.features, (1, 1), dtype=self.dtype, name='conv1')(nn.silu(h))
 
 
 class Fuse(nn.Module):
   """Adds ``P_k(temb)`` (broadcast over H, W) and, if given, ``H_k(scale)`` to ``h``."""
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, h: Float[Array, 'B H W C'], temb: Float[Array, 'B E'],
                scale: Optional[Float[Array, 'B H W S']]) -> Float[Array, 'B H W C']:
     c = h.shape[-1]
-    h = h + nn.Dense(c, name='step_map')(nn.silu(temb))[:, None, None, :]
+    h = h + nn.Dense(c, dtype=self.dtype, name='step_map')(nn.silu(temb))[:, None, None, :]
     if scale is not None:
-      h = h + ScaleMap(c, name='scale_map')(scale)
+      h = h + ScaleMap(c, dtype=self.dtype, name='scale_map')(scale)
     return h
 
 
@@ -54,6 +56,7 @@ class UNetBackbone(nn.Module):
     attn_resolutions: spatial sizes at which every residual block is followed by self-attention.
     dropout: dropout rate inside residual blocks (rng stream ``'dropout'``).
     num_groups: GroupNorm groups.
+    dtype: compute dtype (``None``: float32; parameters are float32 either way).
   """
   ch: int
   ch_mult: Sequence[int]
@@ -61,6 +64,7 @@ class UNetBackbone(nn.Module):
   attn_resolutions: Sequence[int] = ()
   dropout: float = 0.0
   num_groups: int = 32
+  dtype: Optional[Any] = None
 
   @property
   def out_features(self) -> int:
@@ -83,7 +87,8 @@ class UNetBackbone(nn.Module):
     """
     det = not train
     num_levels = len(self.ch_mult)
-    temb = StepEmbedding(4 * self.ch, name='step_embedding')(t)
+    dt = self.dtype
+    temb = StepEmbedding(4 * self.ch, dtype=dt, name='step_embedding')(t)
     image_size = x.shape[1]
 
     def scale_at(level):
@@ -91,46 +96,49 @@ class UNetBackbone(nn.Module):
 
     def maybe_attn(h, name):
       if h.shape[1] in self.attn_resolutions:
-        h = AttnBlock(self.num_groups, name=name)(h)
+        h = AttnBlock(self.num_groups, dtype=dt, name=name)(h)
       return h
 
-    h = nn.Conv(self.ch, (3, 3), padding=1, name='conv_in')(x)
+    h = nn.Conv(self.ch, (3, 3), padding=1, dtype=dt, name='conv_in')(x)
     skips = [h]
     for k in range(num_levels):
-      h = Fuse(name=f'enc{k}_fuse')(h, temb, scale_at(k))
+      h = Fuse(dtype=dt, name=f'enc{k}_fuse')(h, temb, scale_at(k))
       for r in range(self.num_res_blocks):
-        h = ResBlock(self.ch * self.ch_mult[k], self.num_groups, self.dropout,
+        h = ResBlock(self.ch * self.ch_mult[k], self.num_groups, self.dropout, dtype=dt,
                      name=f'enc{k}_res{r}')(h, temb, deterministic=det)
         h = maybe_attn(h, f'enc{k}_attn{r}')
         skips.append(h)
       if k != num_levels - 1:
-        h = Downsample(name=f'enc{k}_down')(h)
+        h = Downsample(dtype=dt, name=f'enc{k}_down')(h)
         skips.append(h)
 
-    h = Fuse(name='mid_fuse')(h, temb, scale_at(num_levels - 1))
+    h = Fuse(dtype=dt, name='mid_fuse')(h, temb, scale_at(num_levels - 1))
     c_mid = h.shape[-1]
-    h = ResBlock(c_mid, self.num_groups, self.dropout, name='mid_res0')(h, temb, deterministic=det)
-    h = AttnBlock(self.num_groups, name='mid_attn')(h)
-    h = ResBlock(c_mid, self.num_groups, self.dropout, name='mid_res1')(h, temb, deterministic=det)
+    h = ResBlock(c_mid, self.num_groups, self.dropout, dtype=dt, name='mid_res0')(
+        h, temb, deterministic=det)
+    h = AttnBlock(self.num_groups, dtype=dt, name='mid_attn')(h)
+    h = ResBlock(c_mid, self.num_groups, self.dropout, dtype=dt, name='mid_res1')(
+        h, temb, deterministic=det)
 
     for k in reversed(range(num_levels)):
-      h = Fuse(name=f'dec{k}_fuse')(h, temb, scale_at(k))
+      h = Fuse(dtype=dt, name=f'dec{k}_fuse')(h, temb, scale_at(k))
       for r in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = ResBlock(self.ch * self.ch_mult[k], self.num_groups, self.dropout,
+        h = ResBlock(self.ch * self.ch_mult[k], self.num_groups, self.dropout, dtype=dt,
                      name=f'dec{k}_res{r}')(h, temb, deterministic=det)
         h = maybe_attn(h, f'dec{k}_attn{r}')
       if k != 0:
-        h = Upsample(name=f'dec{k}_up')(h)
+        h = Upsample(dtype=dt, name=f'dec{k}_up')(h)
     assert not skips and h.shape[1] == image_size
-    h = nn.silu(GroupNorm(h.shape[-1], self.num_groups, name='norm_out')(h))
+    h = nn.silu(GroupNorm(h.shape[-1], self.num_groups, name='norm_out', dtype=dt)(h))
     return h, temb
 
 
 class UNet(nn.Module):
   """One-head epsilon-prediction U-Net for the DDPM / DDIM / DPM-Solver baselines.
 
-  Attributes: as :class:`UNetBackbone`, plus ``out_ch`` (image channels).
+  Attributes: as :class:`UNetBackbone` (``dtype`` included), plus ``out_ch`` (image channels).
+  The output is float32 whatever the compute dtype.
   Call: ``UNet(...).apply({'params': p}, x, t, train=..., rngs={'dropout': key})``.
   """
   ch: int
@@ -140,6 +148,7 @@ class UNet(nn.Module):
   attn_resolutions: Sequence[int] = ()
   dropout: float = 0.0
   num_groups: int = 32
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Float[Array, 'B H W C'], t: Float[ArrayLike, 'B'], *,
@@ -155,5 +164,6 @@ class UNet(nn.Module):
     """
     h, _ = UNetBackbone(self.ch, tuple(self.ch_mult), self.num_res_blocks,
                         tuple(self.attn_resolutions), self.dropout, self.num_groups,
-                        name='backbone')(x, t, None, train=train)
-    return nn.Conv(self.out_ch, (3, 3), padding=1, name='conv_out')(h)
+                        dtype=self.dtype, name='backbone')(x, t, None, train=train)
+    out = nn.Conv(self.out_ch, (3, 3), padding=1, dtype=self.dtype, name='conv_out')(h)
+    return out.astype(jnp.float32)
