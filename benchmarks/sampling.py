@@ -95,7 +95,7 @@ def main(_):
   device = bench_util.device_name()
   print(f'# sampling, {device}, batch {FLAGS.batch_size}, T={config.diffusion.num_steps}, '
         f'model.ch={config.model.ch}', flush=True)
-  rows = []
+  rows, failed = [], []
   key = jax.random.PRNGKey(1)
   for name, which, overrides in specs:
     if FLAGS.only and name not in FLAGS.only:
@@ -103,10 +103,17 @@ def main(_):
     if which == 'pixel_aware':
       overrides = dict(overrides, all_heads=FLAGS.all_heads)
     fn = pixdiff_jax.get_sample_fn(configs[which], batch_size=FLAGS.batch_size, **overrides)
-    compiled, compile_s = bench_util.compile_timed(jax.jit(fn), variables[which], key)
-    sec = bench_util.median_seconds(
-        lambda r, c=compiled, v=variables[which]: c(v, jax.random.fold_in(key, r + 100)),
-        FLAGS.repeats, FLAGS.warmup)
+    try:
+      compiled, compile_s = bench_util.compile_timed(jax.jit(fn), variables[which], key)
+      sec = bench_util.median_seconds(
+          lambda r, c=compiled, v=variables[which]: c(v, jax.random.fold_in(key, r + 100)),
+          FLAGS.repeats, FLAGS.warmup)
+    except Exception as err:  # pylint: disable=broad-except  (e.g. out of device memory)
+      # One line, then the other samplers: a time-boxed GPU run should not lose them.
+      print(f'error: sampler {name} failed: {type(err).__name__}: '
+            f'{str(err).splitlines()[0][:300]}', file=sys.stderr, flush=True)
+      failed.append(name)
+      continue
     row = {'sampler': name, 'network_evals': int(fn.network_evals),
            'seconds_per_image': sec / FLAGS.batch_size,
            'images_per_second': FLAGS.batch_size / sec, 'compile_seconds': compile_s,
@@ -122,6 +129,8 @@ def main(_):
   bench_util.print_table(rows, COLUMNS)
   if FLAGS.out:
     print(f'wrote {FLAGS.out}')
+  if failed:
+    sys.exit(1)
 
 
 if __name__ == '__main__':

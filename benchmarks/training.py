@@ -115,7 +115,7 @@ def main(_):
         f'T={config.diffusion.num_steps}, model.ch={config.model.ch}, {dtype}', flush=True)
   # The reverse stage's frozen VAE: randomly initialised too (its values do not change speed).
   vae_params = models.random_params(models.build_vae(config), config, seed=0)
-  rows = []
+  rows, failed = [], []
   for name in dict.fromkeys(FLAGS.stages):  # in the order given
     if name == 'baseline':
       stage = train.build_stage(baseline_config, 'ddpm')
@@ -127,7 +127,14 @@ def main(_):
       cfg = config
       params = (vae_params if name == 'vae' else
                 models.random_params(models.build_reverse_model(cfg), cfg, seed=1))
-    row = measure_stage(cfg, stage, params, FLAGS.steps)
+    try:
+      row = measure_stage(cfg, stage, params, FLAGS.steps)
+    except Exception as err:  # pylint: disable=broad-except  (e.g. out of device memory)
+      # One line, then the other stages: a time-boxed GPU run should not lose them.
+      print(f'error: stage {name} failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}',
+            file=sys.stderr, flush=True)
+      failed.append(name)
+      continue
     net = 'vae' if name == 'vae' else 'model'
     row.update(dtype=cfg[net].get('dtype', 'float32'), num_steps=config.diffusion.num_steps,
                device=device)
@@ -141,6 +148,8 @@ def main(_):
   bench_util.print_table(rows, COLUMNS)
   if FLAGS.out:
     print(f'wrote {FLAGS.out}')
+  if failed:
+    sys.exit(1)
 
 
 if __name__ == '__main__':
