@@ -39,11 +39,66 @@ MAIN_JOB_WORKDIR = os.path.join('runs', 'fmnist')
 
 
 
+# ---------------------------------------------------------------------------- user mistakes
+# Every user mistake ends here: one line `error: ...` on stderr and exit status 2
+# (PIXDIFF_TRACEBACK=1 shows the traceback instead).
+def _fail(message: str, err: BaseException | None = None) -> None:
+  if err is not None and os.environ.get('PIXDIFF_TRACEBACK'):
+    raise err
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _argv_config_path(argv) -> str | None:
+  """The value of --config in ``argv`` (or the flag's default)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  try:
+    default = FLAGS['config'].default
+  except KeyError:  # while the flag itself is being defined
+    default = MAIN_JOB_CONFIG
+  return default if isinstance(default, str) else MAIN_JOB_CONFIG
+
+
+def _unknown_field_message(argv) -> str | None:
+  """For the first ``--config.a.b=v`` whose path is not in the config: a line naming it, with
+  the closest field names (difflib), or None if every override path exists."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  path = _argv_config_path(argv)
+  try:
+    base = config_utils.load_config_file(path)
+  except Exception:  # pylint: disable=broad-except  (reported by the caller)
+    return None
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    dotted = arg[len('--config.'):].split('=', 1)[0]
+    node, done, parts = base, [], dotted.split('.')
+    for i, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        where = '.'.join(done) or 'the config'
+        close = difflib.get_close_matches(part, fields, n=1, cutoff=0.6)
+        if close:
+          hint = f"; did you mean --config.{'.'.join(done + close + parts[i + 1:])}?"
+        elif fields:
+          hint = f'; {where} has: {", ".join(fields)}'
+        else:
+          hint = f'; {where} is a value, not a section'
+        return f'unknown config field {dotted!r} in {arg}{hint}'
+      node = node[part]
+      done.append(part)
+  return None
+
+
 def _bad_override(err: Exception):
   """ml_collections raises AttributeError/KeyError for --config.a.b=c naming no field."""
-  print(f'error: a --config.* override names a field the config does not have: {err}',
-        file=sys.stderr)
-  sys.exit(2)
+  _fail(_unknown_field_message(sys.argv)
+        or f'a --config.* override names a field the config does not have: {err}', err)
 
 
 # The default is loaded only so that --config.a.b=c overrides parse without --config;
@@ -90,6 +145,53 @@ class UsageError(Exception):
   """A user mistake: printed as one line, no traceback."""
 
 
+def _config_error_message(err: BaseException, argv) -> str:
+  """One line for an exception raised while loading the config flag."""
+  chain, e = [], err
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in chain:
+    if isinstance(e, SyntaxError):
+      return (f'syntax error in config file {e.filename}, line {e.lineno}: {e.msg}'
+              + (f': {e.text.strip()}' if e.text else ''))
+  path = _argv_config_path(argv)
+  if path is not None and not os.path.exists(path.split(':', 1)[0]):
+    return f'config file {path} not found (give one of configs/*.py)'
+  unknown = _unknown_field_message(argv)
+  if unknown:
+    return unknown
+  text = ' '.join(str(err).split())
+  if isinstance(err, flags.Error):
+    return text
+  return f'cannot load the config {path}: {type(err).__name__}: {text}'
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with config loading errors turned into one line."""
+  try:
+    rest = FLAGS(argv)
+    config = FLAGS.config
+    if config is not None:
+      config.get('method')  # a config file that failed to load raises here
+    return rest
+  except Exception as err:  # pylint: disable=broad-except
+    _fail(_config_error_message(err, argv), err)
+
+
+def _check_writable_dir(path: str, what: str) -> None:
+  """Creates ``path`` if needed and writes a probe file into it; a UsageError if that fails."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f'{what} {path} is a file, not a directory')
+  try:
+    os.makedirs(path, exist_ok=True)
+    import tempfile  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as err:
+    raise UsageError(f'cannot write to {what} {path}: {err.strerror or err}') from err
+
+
 def _info(config) -> dict:
   from pixdiff_jax import models  # pylint: disable=g-import-not-at-top
   return models.count_params(config)
@@ -98,7 +200,8 @@ def _info(config) -> dict:
 def _sample(config, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pixdiff_jax import config_utils, distributed, image_grid, progress, sampling  # pylint: disable=g-import-not-at-top
+  from jax.experimental import checkify  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config_utils, data, distributed, image_grid, progress, sampling  # pylint: disable=g-import-not-at-top
 
   stored = config_utils.load_config(workdir)
   # The stored config defines the networks; the command line's config supplies the sampler.
@@ -106,6 +209,8 @@ def _sample(config, workdir: str) -> dict:
   n = FLAGS.num_samples
   if n < 1:
     raise UsageError(f'--num_samples must be >= 1, got {n}')
+  out_dir = os.path.join(workdir, 'samples')
+  _check_writable_dir(out_dir, 'samples folder')  # before any work
   batch = min(config.sampling.batch_size, n)
   s = config.sampling
   # The command line's sampling section with its preset applied is the whole sampler; passed
@@ -113,10 +218,15 @@ def _sample(config, workdir: str) -> dict:
   settings = config_utils.sampler_settings(config)
   fields = ('sampler', 'network_calls', 'eta', 'clip_denoised', 'prior', 'update', 'num_steps')
   sample_fn, variables = sampling.load_sampler(
-      workdir, batch_size=batch, use_ema=s.use_ema, preset='custom',
+      workdir, batch_size=batch, use_ema=s.use_ema, preset='custom', check_finite=True,
       **{k: settings[k] for k in fields})
-  jitted = jax.jit(sample_fn)
+  steps = sample_fn.checkpoint_steps
+  print('sampling from checkpoints: ' + ', '.join(
+      f'{stage} step {step}' for stage, step in steps.items()), file=sys.stderr, flush=True)
   key = jax.random.PRNGKey(FLAGS.sample_seed)
+  t0 = time.perf_counter()
+  compiled = jax.jit(sample_fn).lower(variables, key).compile()
+  compile_seconds = time.perf_counter() - t0
   chunks, times = [], []
   # Batch b uses key fold_in(key, b) whichever process draws it: process p of P draws batches
   # p, p + P, ... and process 0 gathers them, so the images do not depend on the process layout.
@@ -126,9 +236,13 @@ def _sample(config, workdir: str) -> dict:
                           disable=jax.process_index() != 0)
   for b in mine:
     t0 = time.perf_counter()
-    images = jax.block_until_ready(jitted(variables, jax.random.fold_in(key, b)))
+    err, images = jax.block_until_ready(compiled(variables, jax.random.fold_in(key, b)))
     times.append(time.perf_counter() - t0)
-    chunks.append(image_grid.to_uint8(np.asarray(images)))
+    try:
+      err.throw()
+    except checkify.JaxRuntimeError as e:
+      raise UsageError(f'{str(e).splitlines()[0]} (checkpoints {steps} in {workdir})') from e
+    chunks.append(data.to_uint8(np.asarray(images)))
     bar.update(1)
   bar.close()
   local = np.stack(chunks) if chunks else np.zeros(
@@ -141,16 +255,15 @@ def _sample(config, workdir: str) -> dict:
   name = FLAGS.sample_name or (
       f"{st['sampler']}_{st['preset']}_K{st['network_calls']}_eta{st['eta']:g}_{st['update']}"
       if config.method == 'pixel_aware' else f"{st['sampler']}_S{sample_fn.network_evals}")
-  out_dir = os.path.join(workdir, 'samples')
-  os.makedirs(out_dir, exist_ok=True)
   npz_path = os.path.join(out_dir, f'{name}.npz')
   png_path = os.path.join(out_dir, f'{name}.png')
   np.savez_compressed(npz_path, images=images)
   image_grid.save_grid(png_path, images[:min(n, 100)])
-  steady = times[1:] if len(times) > 1 else times
   return {'npz': npz_path, 'png': png_path, 'num_samples': int(n),
           'network_evals': int(sample_fn.network_evals), 'settings': st,
-          'seconds_per_image_after_compile': float(np.median(steady)) / batch}
+          'checkpoint_steps': steps, 'compile_seconds': compile_seconds,
+          # Every batch runs the executable compiled above: no compilation is timed here.
+          'seconds_per_image_after_compile': float(np.sum(times)) / (len(times) * batch)}
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -207,6 +320,9 @@ def _files_written(workdir: str) -> list[str]:
   lines = []
   ckpt_root = os.path.join(workdir, 'checkpoints')
   for stage in sorted(os.listdir(ckpt_root)) if os.path.isdir(ckpt_root) else []:
+    if stage.endswith('-broken'):
+      lines.append(f'  {"moved aside":<13} {os.path.join(ckpt_root, stage)}  (unreadable steps)')
+      continue
     steps = sorted(int(d) for d in os.listdir(os.path.join(ckpt_root, stage)) if d.isdigit())
     if steps:
       lines.append(f'  {"checkpoints":<13} {os.path.join(ckpt_root, stage, str(steps[-1]))}  '
@@ -273,9 +389,20 @@ def main(argv):
     if FLAGS.mode == 'train':
       from pixdiff_jax import train  # pylint: disable=g-import-not-at-top
       stages = None if FLAGS.stage == 'all' else [FLAGS.stage]
-      train.train(config, FLAGS.workdir, stages=stages)
+      _check_writable_dir(FLAGS.workdir, '--workdir')
+      try:
+        train.train(config, FLAGS.workdir, stages=stages)
+      except train.TrainingInterrupted as stop:
+        # Ctrl-C / SIGTERM: the checkpoint is written; one line says which.
+        print(f'interrupted: {stop.note}', file=sys.stderr)
+        sys.exit(128 + int(stop.signum))
+      except train.TrainingDivergedError as err:
+        _fail(str(err), err)
       _report(f'training finished; {FLAGS.workdir} holds:', _files_written(FLAGS.workdir))
     else:
+      if not os.path.isdir(FLAGS.workdir):
+        raise UsageError(f'--workdir {FLAGS.workdir} is not a directory; train first with '
+                         f'--mode train')
       summary = _sample(config, FLAGS.workdir)
       if summary:  # process 0 only
         print(json.dumps(summary, indent=2))
@@ -291,6 +418,11 @@ def main(argv):
     print(f'error: {err}', file=sys.stderr)
     distributed.report_failure(str(err))
     distributed.exit_after_failure(2)
+  except KeyboardInterrupt:
+    if os.environ.get('PIXDIFF_TRACEBACK') or distributed.is_active():
+      raise
+    print('interrupted', file=sys.stderr)
+    sys.exit(130)
   except BaseException as err:  # pylint: disable=broad-except
     if not distributed.is_active():
       raise
@@ -306,13 +438,6 @@ def _report(title: str, lines: list[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     print('\n'.join([title, *lines]), file=sys.stderr, flush=True)
-
-
-def _parse_flags(argv):
-  try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as e:  # raised only by --config overrides while parsing
-    _bad_override(e)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 import fmnist_classifier
-from pixdiff_jax import config_utils, data, image_grid, models, sampling, train
+from pixdiff_jax import checkpointing, config_utils, data, image_grid, models, sampling
 
 def _custom(K, eta, clip, update='recursion', prior='scale'):
   return dict(preset='custom', network_calls=K, eta=eta, clip_denoised=clip, prior=prior,
@@ -63,7 +63,7 @@ def main():
   names = [n for n in ['vae_prior', *SETTINGS] if not args.only or n in args.only.split(',')]
   for name in names:
     if name == 'vae_prior':
-      vae_params = train.load_stage_params(config, args.workdir, 'vae',
+      vae_params = checkpointing.load_stage_params(config, args.workdir, 'vae',
                                            use_ema=config.sampling.use_ema)
       prior_fn = sampling.get_scale_prior_fn(config, models.build_vae(config),
                                              batch_size=args.num_samples)
@@ -84,7 +84,7 @@ def main():
       jax.block_until_ready(jitted(variables, jax.random.fold_in(key, r + 1)))
       times.append(time.perf_counter() - t0)
     path = os.path.join(args.workdir, 'samples', f'compare_{name}.png')
-    image_grid.save_grid(path, image_grid.to_uint8(images[:64]))
+    image_grid.save_grid(path, data.to_uint8(images[:64]))
     row = {'setting': name, 'network_evals': evals,
            'sec_per_image': float(np.median(times)) / args.num_samples,
            'mean_image_mad': float(np.abs(images.mean(0) - real.mean(0)).mean()),

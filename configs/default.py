@@ -99,6 +99,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   training.snapshot_every = 1000  # sample grid PNG (and at the end of a stage); 0 = never
   training.keep_checkpoints = 2
   training.ema_warmup = True     # EMA decay min(decay, (1+n)/(10+n))
+  # Stop (exit 2) after this many consecutive updates with non-finite gradients (each one is
+  # skipped); a checkpoint is only written while the parameters are finite.
+  training.max_skipped_updates = 10
 
   # ---------------------------------------------------------------- optimiser
   optim = config.optim = ml_collections.ConfigDict()

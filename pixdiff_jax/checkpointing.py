@@ -1,23 +1,123 @@
-"""Orbax checkpoints: one ``CheckpointManager`` per training stage in ``WORKDIR/checkpoints/<stage>``."""
+"""Orbax checkpoints: one ``CheckpointManager`` per training stage in ``WORKDIR/checkpoints/<stage>``.
+
+Both training (resume) and sampling (``load_stage_params``) restore through this module.
+
+Reading is defensive. :meth:`StageCheckpointer.restore_latest` tries the newest step first; a
+step that cannot be read (missing or truncated files, undecodable metadata, non-finite values) is
+*moved aside* to ``WORKDIR/checkpoints/<stage>-broken/<step>`` (never deleted), a warning names
+it and the reason, and the next older step is tried. A checkpoint whose arrays do not have the
+shapes of the network built from the config is a :class:`CheckpointMismatchError` (the config
+differs; nothing is moved). Training never writes non-finite parameters (see ``train.py``), so a
+non-finite value read back means the files were damaged.
+"""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from pixdiff_jax import models
+from pixdiff_jax.train_state import create_train_state, make_optimizer
+
+PyTree = Any
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's arrays do not match the network built from the config."""
+
+
+class CheckpointUnreadableError(ValueError):
+  """A checkpoint step's files cannot be read back (damaged or incomplete)."""
+
+
+class NoReadableCheckpointError(FileNotFoundError):
+  """A stage has checkpoints, but none of them can be read."""
 
 
 def stage_dir(workdir: str, stage: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints', stage)
 
 
+def broken_dir(workdir: str, stage: str) -> str:
+  """Where unreadable steps of ``stage`` are moved: ``WORKDIR/checkpoints/<stage>-broken``."""
+  return stage_dir(workdir, stage) + '-broken'
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether any stage of ``workdir`` holds a checkpoint step folder."""
+  root = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(root):
+    return False
+  for stage in os.listdir(root):
+    d = os.path.join(root, stage)
+    if stage.endswith('-broken') or not os.path.isdir(d):
+      continue
+    if any(name.isdigit() for name in os.listdir(d)):
+      return True
+  return False
+
+
+def _key_name(k) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
+  """``{'ema_params/encoder/conv/kernel': shape}``: dataclass fields, dict keys and namedtuple
+  fields all become path parts, so a target and Orbax's stored metadata compare equal."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(_key_name(k) for k in path): tuple(np.shape(leaf)) for path, leaf in leaves}
+
+
+def describe_mismatch(stored: dict, wanted: dict, limit: int = 3,
+                      what: str = 'the checkpoint') -> str:
+  """Names the differences between two :func:`shapes_by_path` results."""
+  missing = sorted(set(wanted) - set(stored))
+  extra = sorted(set(stored) - set(wanted))
+  differ = sorted(p for p in set(stored) & set(wanted) if stored[p] != wanted[p])
+  parts = []
+  if differ:
+    parts.append('shapes differ: ' + ', '.join(
+        f'{p} {stored[p]} in {what} vs {wanted[p]} from the config'
+        for p in differ[:limit]) + (f' (+{len(differ) - limit} more)' if len(differ) > limit
+                                    else ''))
+  if missing:
+    parts.append(f'{len(missing)} arrays of the config\'s network are not in {what} '
+                 f'(e.g. {missing[0]})')
+  if extra:
+    parts.append(f'{len(extra)} arrays in {what} are not in the config\'s network '
+                 f'(e.g. {extra[0]})')
+  return '; '.join(parts)
+
+
+def _first_non_finite(tree: PyTree) -> str | None:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+      name = '/'.join(_key_name(k) for k in path)
+      return f'{int(a.size - np.isfinite(a).sum())} non-finite values in {name}'
+  return None
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+  text = ' '.join(str(err).split()) or type(err).__name__
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
 class StageCheckpointer:
   """Saves and restores a stage's (unreplicated) train state, keeping the last ``keep``."""
 
   def __init__(self, workdir: str, stage: str, *, keep: int = 2, read_only: bool = False):
+    self.workdir = os.path.abspath(workdir)
+    self.stage = stage
     self.directory = stage_dir(workdir, stage)
     if read_only and not os.path.isdir(self.directory):
       raise FileNotFoundError(
@@ -33,12 +133,20 @@ class StageCheckpointer:
     if read_only:  # orbax warns "Given directory is read only" on every read-only manager
       absl_logger.setLevel(logging.ERROR)
     try:
-      self.manager = ocp.CheckpointManager(self.directory, options=options)
+      # The handler is named so that item metadata can be read before any restore.
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_handlers=ocp.StandardCheckpointHandler())
     finally:
       absl_logger.setLevel(level)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def save(self, step: int, state: Any, *, force: bool = False) -> None:
     """Saves ``state`` (host or single-device arrays) under ``step``; asynchronous."""
@@ -46,21 +154,87 @@ class StageCheckpointer:
     self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores into the structure of ``target`` (arrays or ShapeDtypeStructs), latest by default."""
+    """Restores ``step`` (latest by default) into the structure of ``target`` (arrays or
+    ShapeDtypeStructs).
+
+    Raises:
+      CheckpointMismatchError: the stored arrays do not have the target's paths and shapes.
+      CheckpointUnreadableError: the step's files cannot be read, or hold non-finite values.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
         if not isinstance(x, jax.ShapeDtypeStruct) else x, target)
+    where = self.step_dir(step)
+    try:
+      metadata = self.manager.item_metadata(step)
+    except Exception as err:  # pylint: disable=broad-except  (any failure = unreadable)
+      raise CheckpointUnreadableError(f'cannot read its metadata: {_one_line(err)}') from err
+    if metadata is None or not jax.tree_util.tree_leaves(metadata):
+      raise CheckpointUnreadableError('no saved state in it (item folder or metadata missing)')
+    stored, wanted = shapes_by_path(metadata), shapes_by_path(abstract)
+    if stored != wanted:
+      raise CheckpointMismatchError(
+          f'checkpoint {where} does not match the network built from this config '
+          f'({describe_mismatch(stored, wanted)}); it was written with another '
+          'model/vae/diffusion/data config')
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as err:
-      raise ValueError(
-          f'checkpoint {self.directory}/{step} does not match the network built from this '
-          f'config (did model/vae/diffusion settings change since it was written?): {err}'
-      ) from err
+    except Exception as err:  # pylint: disable=broad-except
+      raise CheckpointUnreadableError(f'cannot read its arrays: {_one_line(err)}') from err
+    bad = _first_non_finite(restored)
+    if bad is not None:
+      raise CheckpointUnreadableError(f'{bad} (training never saves those: the files are '
+                                      'damaged)')
     return restored
+
+  def move_aside(self, step: int) -> str:
+    """Moves step folder ``step`` to ``broken_dir`` (a fresh name if taken); returns the path."""
+    dest_root = broken_dir(self.workdir, self.stage)
+    os.makedirs(dest_root, exist_ok=True)
+    dest = os.path.join(dest_root, str(step))
+    n = 1
+    while os.path.exists(dest):
+      dest = os.path.join(dest_root, f'{step}.{n}')
+      n += 1
+    shutil.move(self.step_dir(step), dest)
+    self.manager.reload()
+    return dest
+
+  def restore_latest(self, target: Any, *,
+                     warn: Callable[[str], None] | None = None) -> tuple[Any, int] | None:
+    """Restores the newest readable step; ``None`` if the stage has no checkpoint at all.
+
+    Every unreadable newer step is moved aside (process 0 moves; every process skips it) and
+    reported through ``warn`` (default: ``logging.warning``) with its path and the reason.
+
+    Raises:
+      CheckpointMismatchError: see :meth:`restore` (nothing is moved).
+      NoReadableCheckpointError: there were steps, and none could be read.
+    """
+    warn = warn or (lambda msg: logging.getLogger('absl').warning('%s', msg))
+    broken = []
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(target, step), step
+      except CheckpointUnreadableError as err:
+        where = self.step_dir(step)
+        note = f'checkpoint {where} is unreadable: {err}'
+        if jax.process_index() == 0:
+          try:
+            note += f'; moved it to {self.move_aside(step)}'
+          except OSError as move_err:
+            note += f'; could not move it aside ({move_err})'
+        warn(note + '; trying the previous checkpoint')
+        broken.append(f'step {step} ({err})')
+    if broken:
+      raise NoReadableCheckpointError(
+          f'no readable checkpoint of stage {self.stage!r} in {self.directory}: '
+          f'{"; ".join(broken)}. The broken steps are kept in '
+          f'{broken_dir(self.workdir, self.stage)}; run training again to start the stage anew')
+    return None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -68,3 +242,41 @@ class StageCheckpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def stages_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Training stages of the config's method, in order."""
+  return ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, name: str) -> PyTree:
+  """Shapes and dtypes of stage ``name``'s train state (``jax.eval_shape``: nothing is run)."""
+  net = models.build_vae(config) if name == 'vae' else models.build_reverse_model(config)
+  tx = make_optimizer(config.optim)
+  return jax.eval_shape(lambda k: create_train_state(models.init_params(net, config, k), tx),
+                        jax.random.PRNGKey(0))
+
+
+def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, *,
+               use_ema: bool = True) -> tuple[PyTree, int]:
+  """``(params, step)``: the (EMA) parameters of the newest readable checkpoint of a trained
+  stage and its step. Unreadable newer steps are moved aside with a warning (see
+  :meth:`StageCheckpointer.restore_latest`)."""
+  if name not in stages_for(config):
+    raise ValueError(f'stage {name!r} does not exist for method={config.method!r}')
+  ckpt = StageCheckpointer(os.fspath(workdir), name, keep=config.training.keep_checkpoints,
+                           read_only=True)
+  try:
+    found = ckpt.restore_latest(abstract_train_state(config, name))
+  finally:
+    ckpt.close()
+  if found is None:
+    raise FileNotFoundError(f'no checkpoint for stage {name!r} in {ckpt.directory}')
+  state, step = found
+  return (state.ema_params if use_ema else state.params), step
+
+
+def load_stage_params(config: ml_collections.ConfigDict, workdir: str, name: str, *,
+                      use_ema: bool = True) -> PyTree:
+  """The (EMA) parameters of the newest readable checkpoint of stage ``name``."""
+  return load_stage(config, workdir, name, use_ema=use_ema)[0]

@@ -73,6 +73,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 'keep_checkpoints'):
     if int(t[field]) < 1:
       raise ValueError(f'training.{field} must be >= 1, got {t[field]!r}')
+  if int(t.get('max_skipped_updates', 1)) < 1:
+    raise ValueError(f'training.max_skipped_updates must be >= 1, got {t.max_skipped_updates!r}')
   n_dev = jax.device_count()
   if t.batch_size % n_dev:
     raise ValueError(
@@ -166,9 +168,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 
-def check_compatible(stored: ml_collections.ConfigDict,
-                     config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir with a config whose networks or process differ."""
+def architecture_differences(stored: ml_collections.ConfigDict,
+                             config: ml_collections.ConfigDict) -> list[str]:
+  """The config sections that make a stored checkpoint unusable and that differ."""
   diffs = []
   for section in _ARCHITECTURE_SECTIONS:
     a = _get(stored, section)
@@ -184,11 +186,17 @@ def check_compatible(stored: ml_collections.ConfigDict,
     if json.dumps(_tuples(a), sort_keys=True, default=str) != json.dumps(
         _tuples(b), sort_keys=True, default=str):
       diffs.append(section)
+  return diffs
+
+
+def check_compatible(stored: ml_collections.ConfigDict,
+                     config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir with a config whose networks or process differ."""
+  diffs = architecture_differences(stored, config)
   if diffs:
     raise ValueError(
         f'this workdir was trained with a different config in {diffs} (see its config.json); '
         'use a new --workdir or the stored config')
-
 
 
 def load_config_module(path: str):

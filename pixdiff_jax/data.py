@@ -30,8 +30,10 @@ Scaling (docs/design.md section 1), with ``v`` the pixel value in ``[0, 1]``:
   far enough (in float32) from its bin's edges for :func:`to_uint8` to recover ``u8`` exactly.
 * pixel-aware (``config.method == 'pixel_aware'``): ``x0 = eps + (1 - eps) * v``, in ``[eps, 1]``.
 * DDPM baseline (``config.method == 'ddpm'``): ``x0 = 2 v - 1``, in ``[-1, 1]``.
-* :func:`to_uint8` inverts exactly: ``round(255 v)`` (or ``floor(256 v)`` for dequantised data),
-  so ``to_uint8(scale_images(u8)) == u8`` bit for bit, with or without dequantisation.
+* :func:`to_uint8` (given the same ``method``) inverts exactly: ``round(255 v)`` (or
+  ``floor(256 v)`` for dequantised data), so ``to_uint8(scale_images(u8, method=m), method=m)
+  == u8`` bit for bit, with or without dequantisation. Its default, ``method='unit'``, takes
+  ``[0, 1]`` images (what ``sample_fn`` returns); it refuses NaN and inf.
 
 Batches (:class:`BatchIterator`): the data are an endless stream of epochs, epoch ``e`` being the
 permutation ``np.random.default_rng([seed, 0, e]).permutation(N)``; global batch ``s`` is stream
@@ -178,14 +180,29 @@ def to_unit(x: Any, *, method: Method = 'pixel_aware', eps: float = 4e-3) -> Any
   return v.clip(0.0, 1.0)
 
 
-def to_uint8(x: Any, *, method: Method = 'pixel_aware', eps: float = 4e-3,
+def to_uint8(x: Any, *, method: Method | Literal['unit'] = 'unit', eps: float = 4e-3,
              dequantize: bool = False) -> UInt8[np.ndarray, '*b h w c']:
-  """Converts model-range images (any shape) to ``uint8``, the exact inverse of the scaling.
+  """Converts float images (any shape) to ``uint8``; the one conversion used for every file.
 
-  ``round(255 v)`` for plain data, ``floor(256 v)`` (clipped to 255) for dequantised data, where
-  ``v = to_unit(x)``; out-of-range values (e.g. samples) are clipped first.
+  Args:
+    x: float images; NaN or inf raise ``ValueError`` (a NaN would otherwise become a black
+      pixel without a word).
+    method: the range of ``x``: ``'unit'`` (default) for ``[0, 1]``, what ``sample_fn``
+      returns; ``'pixel_aware'`` (``[eps, 1]``) or ``'ddpm'`` (``[-1, 1]``) for model-range
+      images, for which this is the exact inverse of :func:`scale_images`.
+    eps: the pixel-aware lower bound.
+    dequantize: ``floor(256 v)`` (clipped to 255) instead of ``round(255 v)``.
+
+  Out-of-range values (e.g. samples) are clipped first.
   """
-  v = np.asarray(to_unit(np.asarray(x, np.float32), method=method, eps=eps), np.float32)
+  x = np.asarray(x, np.float32)
+  finite = np.isfinite(x)
+  if not finite.all():
+    raise ValueError(f'to_uint8: {int(x.size - finite.sum())} of {x.size} pixel values are not '
+                     'finite (NaN or inf); the images come from non-finite parameters or a '
+                     'diverged sampler')
+  v = x.clip(0.0, 1.0) if method == 'unit' else np.asarray(
+      to_unit(x, method=method, eps=eps), np.float32)
   if dequantize:
     u = np.floor(v * np.float32(256))
   else:
@@ -474,8 +491,13 @@ def _load_folder(path: str, num_channels: int, max_examples: int) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   images = []
   for f in files:
-    with Image.open(f) as im:
-      a = np.asarray(im.convert(modes[num_channels]), np.uint8)
+    try:
+      with Image.open(f) as im:
+        a = np.asarray(im.convert(modes[num_channels]), np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+      # Pillow raises OSError ("image file is truncated", "cannot identify image file") or
+      # SyntaxError (a broken PNG chunk) without naming the file.
+      raise ValueError(f'folder dataset: cannot read image {f}: {err}') from err
     if a.ndim == 2:
       a = a[..., None]
     if images and a.shape != images[0].shape:

@@ -1,4 +1,4 @@
-"""Image grids and uint8 conversion for sample files."""
+"""Image grids for sample files (uint8 conversion: :func:`pixdiff_jax.data.to_uint8`)."""
 from __future__ import annotations
 
 import math
@@ -6,14 +6,6 @@ import os
 
 import numpy as np
 from PIL import Image
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Float images in ``[0, 1]`` (any out-of-range value is clipped) -> uint8, same shape."""
-  images = np.asarray(images, np.float32)
-  if not np.all(np.isfinite(images)):
-    raise ValueError(f'{np.sum(~np.isfinite(images))} non-finite pixel values in the images')
-  return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def make_grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 2) -> np.ndarray:

@@ -27,7 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pixdiff_jax import config_utils, data, models, samplers, schedules
+from jax.experimental import checkify
+
+from pixdiff_jax import checkpointing, config_utils, data, models, samplers, schedules
 
 PyTree = Any
 SampleFn = Callable[[PyTree, jax.Array], jax.Array]
@@ -62,6 +64,7 @@ def get_scale_prior_fn(config: ml_collections.ConfigDict, vae, *, batch_size: in
 
 def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
                   sampler: str | None = None, all_heads: bool = False,
+                  check_finite: bool = False,
                   **overrides) -> SampleFn:
   """Pure ``sample_fn(variables, rng) -> images [B, H, W, C]`` in ``[0, 1]``, float32.
 
@@ -72,9 +75,21 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
       'dpm_solver' for the DDPM baseline).
     all_heads: evaluate all T heads at every network call even when the update reads one
       (the behaviour before heads on demand; same samples, for speed comparisons).
+    check_finite: return a *checkified* function instead,
+      ``sample_fn(variables, rng) -> (checkify.Error, images)``, that checks that every
+      parameter in ``variables`` and every output pixel is finite (NaN parameters otherwise
+      give all-NaN images without a word). It composes with ``jit`` and ``vmap``::
+
+        err, images = jax.jit(sample_fn)(variables, key)
+        err.throw()  # JaxRuntimeError naming how many values are not finite
+
     **overrides: any ``config.sampling`` field (``preset``, ``network_calls``, ``eta``,
       ``clip_denoised``, ``prior``, ``update``, ``num_steps``).
   The static number of network evaluations is ``sample_fn.network_evals``.
+
+  ``variables`` whose arrays do not have the shapes of the networks this config builds (e.g.
+  trained with another config) raise a ``ValueError`` that says so, when ``sample_fn`` is
+  traced.
   """
   config_utils.validate_config(config)
   if sampler is not None:
@@ -88,9 +103,30 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
     fn, evals = _ddpm_family_sample_fn(config, shape, s)
   else:
     fn, evals = _pixel_aware_sample_fn(config, shape, s, all_heads=all_heads)
+  if check_finite:
+    fn = _checkified(fn)
   fn.network_evals = evals
   fn.settings = dict(s)
   return fn
+
+
+def _checkified(sample_fn: SampleFn):
+  """``(variables, rng) -> (checkify.Error, images)`` with finiteness checks (see above)."""
+
+  def checked(variables, rng):
+    leaves = [x for x in jax.tree_util.tree_leaves(variables)
+              if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    bad_params = sum((jnp.sum(~jnp.isfinite(x)) for x in leaves), jnp.zeros((), jnp.int32))
+    checkify.check(bad_params == 0, 'sample_fn: {n} parameter values in `variables` are not '
+                   'finite (NaN or inf): the checkpoint or the training run is broken',
+                   n=bad_params)
+    images = sample_fn(variables, rng)
+    bad = jnp.sum(~jnp.isfinite(images))
+    checkify.check(bad == 0, 'sample_fn: {n} output pixel values are not finite (NaN or inf)',
+                   n=bad)
+    return images
+
+  return checkify.checkify(checked)
 
 
 def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
@@ -101,7 +137,7 @@ def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
   K = s['network_calls']
 
   def sample_fn(variables: PyTree, rng: jax.Array) -> jax.Array:
-    _check_variables(variables, ('vae', 'reverse'))
+    _check_variables(variables, {'vae': vae, 'reverse': net}, config)
     k_prior, k_xt, k_loop = jax.random.split(rng, 3)
     steps_T = jnp.full((shape[0],), T, jnp.int32)
     if s['prior'] == 'standard':
@@ -164,16 +200,29 @@ def _ddpm_family_sample_fn(config, shape, s):
     evals = s['num_steps']
 
   def sample_fn(variables: PyTree, rng: jax.Array) -> jax.Array:
-    _check_variables(variables, ('model',))
+    _check_variables(variables, {'model': net}, config)
     return to_unit_interval(run(eps_fn_for(variables['model']), rng), config)
 
   return sample_fn, evals
 
 
-def _check_variables(variables, keys):
+def _check_variables(variables, nets: dict, config) -> None:
+  """Raises ``ValueError`` unless ``variables`` has the keys of ``nets`` and, for each, arrays
+  with the paths and shapes of that network's parameters (``jax.eval_shape``: nothing runs)."""
+  keys = list(nets)
   if not isinstance(variables, dict) or set(keys) - set(variables):
     got = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
-    raise ValueError(f'variables must be a dict with keys {list(keys)}, got {got}')
+    raise ValueError(f'variables must be a dict with keys {keys}, got {got}')
+  for name, net in nets.items():
+    want = checkpointing.shapes_by_path(jax.eval_shape(
+        lambda k, net=net: models.init_params(net, config, k), jax.random.PRNGKey(0)))
+    got = checkpointing.shapes_by_path(variables[name])
+    if got != want:
+      raise ValueError(
+          f"variables['{name}'] do not match the network this config builds "
+          f'({checkpointing.describe_mismatch(got, want, what="variables")}): they were made '
+          'with another config; pass the config they were trained with (e.g. '
+          'load_sampler(workdir) reads it from the workdir)')
 
 
 def load_sampler(workdir: str, *, batch_size: int | None = None, use_ema: bool | None = None,
@@ -181,16 +230,18 @@ def load_sampler(workdir: str, *, batch_size: int | None = None, use_ema: bool |
   """Builds ``sample_fn`` from a training workdir and restores its (EMA) parameters.
 
   Returns ``(sample_fn, variables)``: ``jax.jit(sample_fn)(variables, key)`` gives images.
+  ``sample_fn.checkpoint_steps`` maps each stage to the step of the checkpoint it restored (the
+  newest readable one; unreadable newer steps are moved aside with a warning, see
+  ``checkpointing``). ``**overrides`` go to :func:`get_sample_fn` (including ``check_finite``).
   """
-  from pixdiff_jax import train  # pylint: disable=g-import-not-at-top  (avoids a cycle)
   workdir = os.fspath(workdir)
   config = config_utils.load_config(workdir)
   batch_size = batch_size or config.sampling.batch_size
   use_ema = config.sampling.use_ema if use_ema is None else use_ema
   sample_fn = get_sample_fn(config, batch_size=batch_size, **overrides)
-  if config.method == 'ddpm':
-    variables = {'model': train.load_stage_params(config, workdir, 'ddpm', use_ema=use_ema)}
-  else:
-    variables = {'vae': train.load_stage_params(config, workdir, 'vae', use_ema=use_ema),
-                 'reverse': train.load_stage_params(config, workdir, 'reverse', use_ema=use_ema)}
+  variables, steps = {}, {}
+  for stage in checkpointing.stages_for(config):
+    params, steps[stage] = checkpointing.load_stage(config, workdir, stage, use_ema=use_ema)
+    variables['model' if stage == 'ddpm' else stage] = params
+  sample_fn.checkpoint_steps = steps
   return sample_fn, variables

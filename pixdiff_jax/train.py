@@ -32,7 +32,8 @@ from absl import logging
 from pixdiff_jax import checkpointing, config_utils, data, distributed, image_grid, losses
 from pixdiff_jax import metric_writer, models, progress, sampling
 from pixdiff_jax.train_state import (TrainState, create_train_state, ema_decay_at,
-                                     make_optimizer, num_skipped_updates, update_ema)
+                                     make_optimizer, num_consecutive_skipped,
+                                     num_skipped_updates, update_ema)
 
 PyTree = Any
 LossFn = Callable[[PyTree, jax.Array, jax.Array, PyTree], tuple[jax.Array, dict]]
@@ -42,8 +43,7 @@ Hook = Callable[[str, int], None]
 AXIS = 'batch'
 
 
-def stages_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  return ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
+stages_for = checkpointing.stages_for
 
 
 # ---------------------------------------------------------------------------- steps
@@ -176,6 +176,30 @@ def build_stage(config: ml_collections.ConfigDict, name: str, *,
 
 
 # ---------------------------------------------------------------------------- loop
+class TrainingDivergedError(Exception):
+  """Training produced non-finite updates or parameters; the message names the stage, the step
+  and the last checkpoint that is still good."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C or SIGTERM during training, raised after the interrupt checkpoint was written.
+
+  Attributes: ``signum`` (``signal.SIGINT`` or ``signal.SIGTERM``), ``stage``, ``step`` and
+  ``checkpoint`` (the step folder written, or ``None`` with the reason in ``note``).
+  """
+
+  def __init__(self, signum: int, stage: str, step: int, checkpoint: str | None, note: str):
+    self.signum, self.stage, self.step, self.checkpoint, self.note = (
+        signum, stage, step, checkpoint, note)
+    super().__init__(note)
+
+
+class _Signal(KeyboardInterrupt):
+  def __init__(self, signum: int):
+    super().__init__(f'signal {signum}')
+    self.signum = signum
+
+
 class _Interrupt:
   """Turns SIGTERM into KeyboardInterrupt so that a killed job writes its checkpoint."""
 
@@ -189,7 +213,7 @@ class _Interrupt:
 
   @staticmethod
   def _raise(signum, frame):
-    raise KeyboardInterrupt(f'signal {signum}')
+    raise _Signal(signum)
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -201,24 +225,40 @@ def _stage_key(config, name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(config.seed), sum(map(ord, name)))
 
 
+def _all_finite(tree: PyTree) -> bool:
+  return all(bool(np.all(np.isfinite(np.asarray(x))))
+             for x in jax.tree_util.tree_leaves(tree)
+             if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
 def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *,
                 writer: metric_writer.MetricWriter | None = None,
                 hooks: Sequence[Hook] = (), source: data.ImageSource | None = None) -> PyTree:
-  """Trains (or resumes, or skips if finished) one stage; returns its unreplicated final state."""
+  """Trains (or resumes, or skips if finished) one stage; returns its unreplicated final state.
+
+  Resumes from the newest readable checkpoint (unreadable newer ones are moved aside, see
+  ``checkpointing``). Stops with :class:`TrainingDivergedError` after
+  ``training.max_skipped_updates`` consecutive non-finite updates, or when the final parameters
+  are not finite; a checkpoint is written only while the parameters are finite and the latest
+  update was applied, so a stage is marked finished (a checkpoint at its last step) only if its
+  parameters are finite. Ctrl-C / SIGTERM write a checkpoint and raise :class:`TrainingInterrupted`.
+  """
   t = config.training
+  max_skipped = int(t.get('max_skipped_updates', 10))
   is_main = jax.process_index() == 0
   key = _stage_key(config, stage.name)
   tx = make_optimizer(config.optim)
   ckpt = checkpointing.StageCheckpointer(workdir, stage.name, keep=t.keep_checkpoints)
   make_state = lambda k: create_train_state(stage.init_params(k), tx)
   init_key = jax.random.fold_in(key, 2**31 - 1)
-  if ckpt.latest_step() is not None:
-    # Restore into shapes from eval_shape: no initialisation is compiled or run.
-    state = ckpt.restore(jax.eval_shape(make_state, init_key))
+  # Restore into shapes from eval_shape: no initialisation is compiled or run.
+  found = ckpt.restore_latest(jax.eval_shape(make_state, init_key))
+  if found is not None:
+    state, good_step = found
     logging.info('stage %s: resumed from step %d', stage.name, int(state.step))
   else:
     # jit: Flax's eager init dispatches op by op, which costs tens of seconds on a CPU.
-    state = jax.jit(make_state)(init_key)
+    state, good_step = jax.jit(make_state)(init_key), None
   start = int(state.step)
   if start >= stage.num_steps:
     logging.info('stage %s: finished (%d/%d steps); not retrained', stage.name, start,
@@ -238,8 +278,29 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
                            every=t.log_every, disable=not is_main)
   last_time, last_step = time.perf_counter(), step
 
-  def save(at_step):
-    ckpt.save(at_step, flax.jax_utils.unreplicate(p_state), force=True)
+  def last_good() -> str:
+    if good_step is None:
+      return 'none (the stage has no checkpoint yet)'
+    return ckpt.step_dir(good_step)
+
+  def diverged(why: str) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f'stage {stage.name} diverged at step {step}: {why}; its parameters were not saved. '
+        f'Last good checkpoint: {last_good()}. Lower optim.lr (now {config.optim.lr:g}) or '
+        'set optim.grad_clip, then rerun (training resumes from that checkpoint)')
+
+  def save_if_good(at_step) -> str | None:
+    """Writes a checkpoint unless the state is suspect; returns why not, or None."""
+    nonlocal good_step
+    state = flax.jax_utils.unreplicate(p_state)
+    skipped = int(num_consecutive_skipped(state.opt_state))
+    if skipped:
+      return f'the last {skipped} updates were skipped (non-finite gradients)'
+    if not (_all_finite(state.params) and _all_finite(state.ema_params)):
+      return 'the parameters are not finite'
+    ckpt.save(at_step, state, force=True)
+    good_step = at_step
+    return None
 
   try:
     with _Interrupt():
@@ -251,6 +312,11 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
         for hook in hooks:
           hook(stage.name, step)
         done = step >= stage.num_steps
+        # One scalar per dispatch: consecutive skipped (non-finite) updates.
+        skipped = int(jax.device_get(num_consecutive_skipped(p_state.opt_state))[0])
+        if skipped >= max_skipped:
+          raise diverged(f'{skipped} consecutive updates had non-finite gradients and were '
+                         f'skipped (training.max_skipped_updates={max_skipped})')
         if done or step % t.log_every < k:
           m = jax.tree_util.tree_map(lambda x: float(x[0]), jax.device_get(metrics))
           now = time.perf_counter()
@@ -263,18 +329,30 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
           pbar.set_postfix(loss=f"{m['loss']:.4g}", steps_s=f"{m['steps_per_sec']:.2f}")
         pbar.update(k)
         if done or step % t.checkpoint_every < k:
-          save(step)
+          why_not = save_if_good(step)
+          if why_not is not None:
+            if done:  # never mark a stage finished with suspect parameters
+              raise diverged(why_not)
+            logging.warning('stage %s step %d: no checkpoint written: %s', stage.name, step,
+                            why_not)
         if (stage.snapshot_fn is not None and is_main and t.snapshot_every > 0
             and (done or step % t.snapshot_every < k)):
           _snapshot(workdir, stage, flax.jax_utils.unreplicate(p_state.ema_params), key, step)
-  except KeyboardInterrupt:
-    logging.warning('stage %s interrupted at step %d: writing a checkpoint', stage.name, step)
+  except KeyboardInterrupt as interrupt:
+    signum = getattr(interrupt, 'signum', signal.SIGINT)
     try:
-      save(step)
+      why_not = save_if_good(step)
       ckpt.wait()
+      written = ckpt.step_dir(step) if why_not is None else None
+      note = (f'checkpoint written: {written}' if why_not is None else
+              f'no checkpoint written ({why_not}); last good checkpoint: {last_good()}')
     except Exception as err:  # pylint: disable=broad-except
-      logging.error('could not write the interrupt checkpoint: %s', err)
-    raise
+      written, note = None, (f'could not write the interrupt checkpoint ({err}); last good '
+                             f'checkpoint: {last_good()}')
+    raise TrainingInterrupted(
+        signum, stage.name, step, written,
+        f'{signal.Signals(signum).name} during stage {stage.name} at step {step}; {note}; '
+        'run the same command to resume') from None
   finally:
     pbar.close()
   ckpt.close()
@@ -283,27 +361,12 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
 
 def _snapshot(workdir: str, stage: Stage, ema_params: PyTree, key: jax.Array, step: int):
   images = np.asarray(jax.device_get(stage.snapshot_fn(ema_params, jax.random.fold_in(key, 0))))
+  if not np.all(np.isfinite(images)):
+    logging.warning('stage %s step %d: snapshot skipped, the sampled images are not finite',
+                    stage.name, step)
+    return
   path = os.path.join(workdir, 'samples', f'{stage.name}_step{step:07d}.png')
-  image_grid.save_grid(path, image_grid.to_uint8(images))
-
-
-def load_stage_params(config: ml_collections.ConfigDict, workdir: str, name: str, *,
-                      use_ema: bool = True) -> PyTree:
-  """Latest (EMA) parameters of a trained stage, restored without building an optimiser state
-  on device (the restore target is computed with ``jax.eval_shape``)."""
-  if name not in stages_for(config):
-    raise ValueError(f'stage {name!r} does not exist for method={config.method!r}')
-  net = models.build_vae(config) if name == 'vae' else models.build_reverse_model(config)
-  init = lambda k: models.init_params(net, config, k)
-  tx = make_optimizer(config.optim)
-  target = jax.eval_shape(lambda k: create_train_state(init(k), tx), jax.random.PRNGKey(0))
-  ckpt = checkpointing.StageCheckpointer(
-      os.fspath(workdir), name, keep=config.training.keep_checkpoints, read_only=True)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f'no checkpoint for stage {name!r} in {ckpt.directory}')
-  state = ckpt.restore(target)
-  ckpt.close()
-  return state.ema_params if use_ema else state.params
+  image_grid.save_grid(path, data.to_uint8(images))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[str] | None = None,
@@ -314,18 +377,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[s
   """
   config_utils.validate_config(config)
   models.validate_config(config)
-  if jax.process_index() == 0:  # the others would race its write; its error ends them too
-    if os.path.exists(config_utils.config_path(workdir)):
-      config_utils.check_compatible(config_utils.load_config(workdir), config)
-    config_utils.save_config(config, workdir)
   wanted = tuple(stages) if stages else stages_for(config)
   for name in wanted:
     if name not in stages_for(config):
       raise ValueError(f'stage {name!r} does not exist for method={config.method!r}; '
                        f'stages: {stages_for(config)}')
-  # Open the data first: a missing dataset fails here, before anything is compiled.
+  stored_path = config_utils.config_path(workdir)
+  if os.path.exists(stored_path):  # every process reads it; an incompatible one ends them all
+    stored = config_utils.load_config(workdir)
+    if checkpointing.has_checkpoints(workdir):
+      config_utils.check_compatible(stored, config)
+    elif config_utils.architecture_differences(stored, config):
+      # Nothing was trained with the stored config (e.g. a first run failed before training):
+      # the workdir is not claimed yet.
+      logging.warning('replacing %s: no checkpoint was written with it', stored_path)
+  # Open the data first: a missing dataset fails here, before anything is compiled or the
+  # workdir is claimed (config.json is written only when training starts).
   source = data.load_source(config)
   distributed.barrier('data loaded', timeout_s=600)
+  if jax.process_index() == 0:  # the others would race its write
+    config_utils.save_config(config, workdir)
   writer = metric_writer.MetricWriter(workdir)
   results = {}
   try:
@@ -334,7 +405,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[s
       if name == 'reverse':
         vae_params = results.get('vae')
         if vae_params is None:
-          vae_params = load_stage_params(config, workdir, 'vae')
+          vae_params = checkpointing.load_stage_params(config, workdir, 'vae')
       state = train_stage(config, workdir, build_stage(config, name, vae_params=vae_params),
                           writer=writer, hooks=hooks, source=source)
       results[name] = state.ema_params

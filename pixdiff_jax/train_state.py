@@ -56,6 +56,11 @@ def num_skipped_updates(opt_state: optax.OptState) -> jax.Array:
   return opt_state.total_notfinite
 
 
+def num_consecutive_skipped(opt_state: optax.OptState) -> jax.Array:
+  """Number of updates skipped in a row (reset by the next finite update)."""
+  return opt_state.notfinite_count
+
+
 def create_train_state(params: PyTree, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree_util.tree_map(jnp.copy, params),

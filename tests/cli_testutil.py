@@ -1,0 +1,30 @@
+"""Running ``main.py`` in a subprocess the way a user does (one CPU device, shared XLA cache)."""
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
+
+
+def main_env(env=None) -> dict:
+  env = dict(os.environ if env is None else env)
+  # One CPU device (the user's default), not the test session's two.
+  env.pop('XLA_FLAGS', None)
+  env.pop('PIXDIFF_TRACEBACK', None)
+  return env
+
+
+def main_cmd(*args) -> list[str]:
+  cache = os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache'))
+  return [sys.executable, str(ROOT / 'main.py'), f'--compilation_cache={cache}', *map(str, args)]
+
+
+def run_main(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+  return subprocess.run(main_cmd(*args), cwd=ROOT, env=main_env(env), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith('error:')]
