@@ -278,10 +278,20 @@ class _QuietLibraries(std_logging.Filter):
                    for lib in ('orbax', 'jax', 'jaxlib', 'etils', 'tensorflow_datasets'))
 
 
+def _ignore_closed_event_loop(unraisable):
+  """Orbax's asyncio callbacks that outlive a failed restore of a damaged checkpoint print
+  'Exception ignored ... Event loop is closed' tracebacks; the failure itself is reported."""
+  err = unraisable.exc_value
+  if isinstance(err, RuntimeError) and str(err) == 'Event loop is closed':
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def _setup_runtime():
   # On absl's handler: it sees the records of every logger (JAX logs through its own loggers,
   # which propagate to the root logger that absl's handler is attached to).
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _ignore_closed_event_loop
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
