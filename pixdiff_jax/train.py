@@ -284,10 +284,12 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
     return ckpt.step_dir(good_step)
 
   def diverged(why: str) -> TrainingDivergedError:
+    rerun = ('the stage starts anew' if good_step is None else
+             'training resumes from that checkpoint')
     return TrainingDivergedError(
         f'stage {stage.name} diverged at step {step}: {why}; its parameters were not saved. '
         f'Last good checkpoint: {last_good()}. Lower optim.lr (now {config.optim.lr:g}) or '
-        'set optim.grad_clip, then rerun (training resumes from that checkpoint)')
+        f'set optim.grad_clip, then rerun ({rerun})')
 
   def save_if_good(at_step) -> str | None:
     """Writes a checkpoint unless the state is suspect; returns why not, or None."""
