@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 import jax
@@ -33,20 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import pixdiff_jax
-from pixdiff_jax import config_utils, data, models, schedules
+from pixdiff_jax import data, models, schedules
+# benchmarks/ is the script's own folder, so its sibling module imports directly.
+from quality_util import laplacian_energy, load_x0_workdir
 
 flags.DEFINE_string('workdir', None, 'Trained pixel-aware workdir (target x0).', required=True)
 flags.DEFINE_integer('n', 512, 'Number of test images / generated images.')
 flags.DEFINE_integer('seed', 0, 'Seed of the forward draws and the generation.')
 flags.DEFINE_string('out', None, 'JSON output file (default: WORKDIR/diagnose_reverse.json).')
 FLAGS = flags.FLAGS
-
-
-def laplacian_energy(x: np.ndarray) -> float:
-  """Mean squared 4-neighbour Laplacian of ``[N, H, W, C]`` images (interior pixels)."""
-  lap = (4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2]
-         - x[:, 1:-1, 2:])
-  return float(np.mean(np.square(lap.astype(np.float64))))
 
 
 def per_step(config, variables, x0: np.ndarray, rng: jax.Array) -> list[dict]:
@@ -137,10 +131,7 @@ def convergence(workdir: str) -> dict:
 
 def main(argv):
   del argv
-  config = config_utils.load_config(FLAGS.workdir)
-  if config.method != 'pixel_aware' or config.diffusion.target != 'x0':
-    print('error: needs a pixel-aware workdir trained with diffusion.target=x0', file=sys.stderr)
-    sys.exit(2)
+  config = load_x0_workdir(FLAGS.workdir)
   _, variables = pixdiff_jax.load_sampler(FLAGS.workdir, batch_size=1)
   u8 = data.load_images(config, split='test')[:FLAGS.n]
   x0 = data.scale_images(u8, method='pixel_aware', eps=config.diffusion.eps)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 import jax
@@ -34,7 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import pixdiff_jax
-from pixdiff_jax import config_utils, data, image_grid, metrics, models, schedules
+from pixdiff_jax import data, image_grid, metrics, models, schedules
+# benchmarks/ is the script's own folder, so its sibling module imports directly.
+from quality_util import laplacian_energy, load_x0_workdir
 
 flags.DEFINE_string('workdir', None, 'Trained pixel-aware workdir (target x0).', required=True)
 flags.DEFINE_integer('n', 1000, 'Number of generated images per variant.')
@@ -44,14 +45,6 @@ flags.DEFINE_string('out', None, 'JSON output (default: WORKDIR/rescale_sampling
 FLAGS = flags.FLAGS
 
 VARIANTS = ('fixed', 'cond_vae', 'both_vae', 'sched_head')
-
-
-def laplacian_energy(x: np.ndarray) -> float:
-  """Mean squared 4-neighbour Laplacian of ``[N, H, W, C]`` images (interior pixels)."""
-  x = np.asarray(x, np.float64)
-  lap = (4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2]
-         - x[:, 1:-1, 2:])
-  return float(np.mean(np.square(lap)))
 
 
 def make_sampler(config, batch: int, variant: str):
@@ -95,10 +88,7 @@ def make_sampler(config, batch: int, variant: str):
 
 def main(argv):
   del argv
-  config = config_utils.load_config(FLAGS.workdir)
-  if config.method != 'pixel_aware' or config.diffusion.target != 'x0':
-    print('error: needs a pixel-aware workdir trained with diffusion.target=x0', file=sys.stderr)
-    sys.exit(2)
+  config = load_x0_workdir(FLAGS.workdir)
   b = FLAGS.batch_size
   ref_fn, variables = pixdiff_jax.load_sampler(FLAGS.workdir, batch_size=b, preset='consistent',
                                                network_calls=config.diffusion.num_steps)
