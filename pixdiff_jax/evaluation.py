@@ -258,7 +258,7 @@ def _generate(fn, variables, *, n: int, batch: int, seed: int, desc: str):
   """Images uint8 [n, H, W, C], per-batch seconds (after compilation) and compile seconds."""
   import jax  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from pixdiff_jax import image_grid  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import data  # pylint: disable=g-import-not-at-top
   key = jax.random.PRNGKey(seed)
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(variables, key).compile()
@@ -272,7 +272,7 @@ def _generate(fn, variables, *, n: int, batch: int, seed: int, desc: str):
     if not np.all(np.isfinite(images)):
       raise EvalError(f'{desc}: the sampler produced {int(np.sum(~np.isfinite(images)))} '
                       'non-finite pixel values')
-    chunks.append(image_grid.to_uint8(images))
+    chunks.append(data.to_uint8(images))
   return np.concatenate(chunks)[:n], times, compile_s
 
 

@@ -296,7 +296,7 @@ def fig_samples(path: str, workdir: str, config, seed: int) -> list[str]:
   if not panels:
     from pixdiff_jax import sampling  # pylint: disable=g-import-not-at-top
     fn, variables = sampling.load_sampler(workdir, batch_size=36)
-    images = image_grid.to_uint8(np.asarray(jax.jit(fn)(variables, jax.random.PRNGKey(seed))))
+    images = data.to_uint8(np.asarray(jax.jit(fn)(variables, jax.random.PRNGKey(seed))))
     panels.append(('configured sampler (no --mode eval yet)', images))
   ncol = min(4, len(panels))
   nrow = -(-len(panels) // ncol)
