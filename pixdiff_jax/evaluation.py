@@ -241,11 +241,11 @@ def _finite(value, what: str) -> float:
 # ---------------------------------------------------------------------------- sampling
 def _sampler(workdir: str, config, setting: Setting, batch: int):
   """(jittable fn(variables, key) -> float images in [0, 1], variables, network evals, params)."""
-  from pixdiff_jax import models, sampling, train  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import checkpointing, models, sampling  # pylint: disable=g-import-not-at-top
   use_ema = bool(config.sampling.use_ema)
   counts = models.count_params(config)
   if setting.overrides is None:
-    vae_params = train.load_stage_params(config, workdir, 'vae', use_ema=use_ema)
+    vae_params = checkpointing.load_stage_params(config, workdir, 'vae', use_ema=use_ema)
     prior_fn = sampling.get_scale_prior_fn(config, models.build_vae(config), batch_size=batch)
     return (lambda variables, key: prior_fn(variables['vae'], key)), {'vae': vae_params}, 0, \
         counts['vae']
@@ -291,9 +291,9 @@ def evaluate(workdir: str, ev: ml_collections.ConfigDict, *, extractors=None,
 
   ``samples_only``: generate (or reuse) every setting's samples and stop before scoring.
   """
-  from pixdiff_jax import config_utils, train  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import checkpointing, config_utils  # pylint: disable=g-import-not-at-top
   config = config_utils.load_config(workdir)
-  for stage in train.stages_for(config):
+  for stage in checkpointing.stages_for(config):
     if not os.path.isdir(os.path.join(workdir, 'checkpoints', stage)) or not os.listdir(
         os.path.join(workdir, 'checkpoints', stage)):
       raise EvalError(f'{workdir} has no checkpoint of stage {stage!r}: train it first '

@@ -229,7 +229,7 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
   Returns the steps (descending, then 0) and float32 ``[num_images, H, W, C]`` states in model
   space.
   """
-  from pixdiff_jax import train  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import checkpointing  # pylint: disable=g-import-not-at-top
   seen = {}
 
   def record(x, j):
@@ -241,7 +241,7 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
   use_ema = bool(config.sampling.use_ema)
   net = models.build_reverse_model(config)
   if config.method == 'ddpm':
-    params = train.load_stage_params(config, workdir, 'ddpm', use_ema=use_ema)
+    params = checkpointing.load_stage_params(config, workdir, 'ddpm', use_ema=use_ema)
 
     def eps_fn(x, n):
       jax.debug.callback(record, x, n)
@@ -251,8 +251,8 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
         config), clip_denoised=bool(config.sampling.clip_denoised))
   else:
     vae = models.build_vae(config)
-    vae_params = train.load_stage_params(config, workdir, 'vae', use_ema=use_ema)
-    params = train.load_stage_params(config, workdir, 'reverse', use_ema=use_ema)
+    vae_params = checkpointing.load_stage_params(config, workdir, 'vae', use_ema=use_ema)
+    params = checkpointing.load_stage_params(config, workdir, 'reverse', use_ema=use_ema)
     k_prior, k_xt = jax.random.split(key)
     T = d.num_steps
     x_delta_hat = models.vae_decode_prior(vae, vae_params, k_prior, shape[0], num_steps=T)
@@ -370,7 +370,7 @@ def known_noise_markdown(rows: list[dict], *, num_steps: int, num_images: int) -
 # ---------------------------------------------------------------------------- all
 def make_figures(workdir: str, ev, *, num_images: int = 8) -> dict:
   """Writes every figure for ``workdir`` into ``W/figures/``; returns the summary dict."""
-  from pixdiff_jax import train  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import checkpointing  # pylint: disable=g-import-not-at-top
   config = config_utils.load_config(workdir)
   out = os.path.join(workdir, FIG_DIR)
   os.makedirs(out, exist_ok=True)
@@ -393,7 +393,7 @@ def make_figures(workdir: str, ev, *, num_images: int = 8) -> dict:
   summary['mean_variance'] = fig_mean_variance(path('fig02_mean_variance.png'), images_unit[0],
                                                gamma, eps, seed)
   if config.method == 'pixel_aware':
-    vae_params = train.load_stage_params(config, workdir, 'vae',
+    vae_params = checkpointing.load_stage_params(config, workdir, 'vae',
                                          use_ema=bool(config.sampling.use_ema))
     summary['abar_ssim'] = fig_abar(path('fig05_abar.png'), config, vae_params, images_unit,
                                     seed)
