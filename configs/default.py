@@ -85,6 +85,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   model.head_ch = 16
   model.head_num_res_blocks = 2
   model.head_attention = False
+  # Heads predict a correction added to the scale's implied clean image -log(x_delta_hat)/gamma
+  # (needs diffusion.target='x0'); False = the paper's heads.
+  model.residual_heads = False
   model.dtype = 'float32'      # compute dtype, as vae.dtype
 
   # ---------------------------------------------------------------- training

@@ -121,6 +121,25 @@ def get_p_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_d
   return jax.jit(single_device, donate_argnums=(0,))
 
 
+def replicate_for_step(tree: PyTree) -> PyTree:
+  """``tree`` with a leading local-device axis, laid out as :func:`get_p_train_step` returns
+  its state, so that the step's second call reuses the first call's executable.
+
+  ``flax.jax_utils.replicate`` puts the copies on a mesh axis named ``'_device_put_sharded'``
+  while ``pmap`` returns arrays on its own axis (``'batch'``): a different input sharding, so
+  step 2 traced and compiled the whole train step once more (tens of seconds on a CPU). An
+  identity ``pmap`` with the step's axis name gives the step's own layout; with one device the
+  step is ``jit`` and returns single-device arrays.
+  """
+  replicated = flax.jax_utils.replicate(tree)
+  if not jax.tree_util.tree_leaves(replicated):
+    return replicated
+  if jax.device_count() > 1:
+    return jax.pmap(lambda x: x, axis_name=AXIS)(replicated)
+  device = jax.local_devices()[0]
+  return jax.tree_util.tree_map(lambda x: jax.device_put(x, device), replicated)
+
+
 # ---------------------------------------------------------------------------- stages
 @dataclasses.dataclass
 class Stage:
@@ -268,8 +287,8 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
 
   p_train_step = get_p_train_step(stage.loss_fn, tx, ema_decay=t.ema_decay,
                                   ema_warmup=t.ema_warmup)
-  p_state = flax.jax_utils.replicate(state)
-  p_aux = flax.jax_utils.replicate(stage.aux)
+  p_state = replicate_for_step(state)
+  p_aux = replicate_for_step(stage.aux)
   batches = data.get_batch_iterator(config, start_step=start, source=source)
   k_max = t.steps_per_dispatch
   step = start

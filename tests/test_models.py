@@ -156,6 +156,34 @@ def test_thead_mask_zeroes_heads_after_i(thead):
         assert np.any(z[b, j - 1] != 0.0), (b, j)
 
 
+def test_residual_heads_add_the_scales_clean_image(thead):
+  """``model.residual_heads``: the same parameters give the plain heads' output plus
+  ``-log(x_delta_hat) / gamma`` (float64 reference) on active heads, exactly 0 on masked heads,
+  for the full call and for heads on demand."""
+  _, plain, params = thead
+  config = tiny_config()
+  config.model.dropout = 0.5  # as the fixture (no effect with train=False)
+  config.diffusion.target = 'x0'
+  config.model.residual_heads = True
+  residual = jit_apply(models.build_reverse_model(config))
+  x_i, xd, i = _inputs(jax.random.key(2), [1, 3, 5, T])
+  x0_vae = -np.log(np.asarray(xd, np.float64)) / config.diffusion.gamma
+  mask = np.asarray(models.head_mask(i, T))[:, :, None, None, None]
+  want = np.where(mask, np.asarray(plain({'params': params}, x_i, xd, i, train=False),
+                                   np.float64) + x0_vae[:, None], 0.0)
+  got = np.asarray(residual({'params': params}, x_i, xd, i, train=False))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert np.all(got[~np.broadcast_to(mask, got.shape)] == 0.0)
+  heads = jnp.array([[1, 1], [3, 2], [5, 1], [T, 4]])
+  got_heads = np.asarray(residual({'params': params}, x_i, xd, i, train=False, heads=heads))
+  np.testing.assert_allclose(
+      got_heads, np.take_along_axis(want, np.asarray(heads - 1)[:, :, None, None, None], 1),
+      rtol=1e-5, atol=1e-5)
+  config.diffusion.target = 'cumulative'
+  with pytest.raises(ValueError, match="residual_heads=True needs diffusion.target='x0'"):
+    models.build_reverse_model(config)
+
+
 def test_masked_heads_get_exactly_zero_gradient(thead, thead_vjp):
   _, _, params = thead
   x_i, xd, i = _inputs(jax.random.key(1), [1, 3, 5, 2])

@@ -63,10 +63,6 @@ def test_pmap_step_equals_single_device_step():
   assert int(got.step) == 1
 
 
-@pytest.mark.xfail(strict=True, reason='measured: the 2nd step traces and compiles the step '
-                   'once more (compile events [3, 6, 6, 6]), then it is stable; cause not yet '
-                   'found (suspect: a leaf of the initial state whose type differs from the '
-                   "step's output, e.g. weak-typed)")
 def test_train_step_compiles_once_across_steps():
   """Steps 2, 3, 4 (new batches, advanced state) reuse step 1's executable: nothing is traced,
   lowered or compiled again (counted with jax.monitoring's compile events)."""
@@ -75,8 +71,8 @@ def test_train_step_compiles_once_across_steps():
   tx = make_optimizer(config.optim)
   state = create_train_state(jax.jit(stage.init_params)(jax.random.PRNGKey(0)), tx)
   p_step = train.get_p_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=True)
-  p_state = flax.jax_utils.replicate(state)
-  aux = flax.jax_utils.replicate(stage.aux)
+  p_state = train.replicate_for_step(state)
+  aux = train.replicate_for_step(stage.aux)
   key = jax.random.PRNGKey(3)
   rs = np.random.RandomState(0)
   batches = [rs.uniform(4e-3, 1.0, (2, 1, 4, 32, 32, 1)).astype(np.float32) for _ in range(4)]

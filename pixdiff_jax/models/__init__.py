@@ -87,6 +87,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.model.num_heads != config.diffusion.num_steps:
       raise ValueError(f'model.num_heads={config.model.num_heads} must equal '
                        f'diffusion.num_steps={config.diffusion.num_steps} (one head per step)')
+    if config.model.get('residual_heads', False) and config.diffusion.target != 'x0':
+      raise ValueError(f"model.residual_heads=True needs diffusion.target='x0' (the heads then "
+                       f"predict a correction to the VAE's clean image), got "
+                       f"diffusion.target={config.diffusion.target!r}")
     if config.model.head_ch < 1 or config.model.head_num_res_blocks < 0:
       raise ValueError(f'model.head_ch={config.model.head_ch} must be >= 1 and '
                        f'model.head_num_res_blocks={config.model.head_num_res_blocks} >= 0')
@@ -127,7 +131,8 @@ def build_reverse_model(config: ml_collections.ConfigDict) -> Union[THeadUNet, U
   if m.name == 'thead_unet':
     return THeadUNet(num_heads=int(m.num_heads), gamma=float(config.diffusion.gamma),
                      head_ch=m.head_ch, head_num_res_blocks=m.head_num_res_blocks,
-                     head_attention=bool(m.head_attention), **common)
+                     head_attention=bool(m.head_attention),
+                     residual=bool(m.get('residual_heads', False)), **common)
   return UNet(**common)
 
 

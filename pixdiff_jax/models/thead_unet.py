@@ -87,6 +87,9 @@ class THeadUNet(nn.Module):
     head_attention: self-attention after every head residual block. Memory: an attention
       matrix of ``[B, T, H*W, H*W]`` floats.
     gamma: the pixel-aware rate (used to form ``-log(x_delta_hat) / gamma``).
+    residual: every head predicts a correction to the scale's implied clean image: the output
+      is ``G_j(...) + (-log(x_delta_hat) / gamma)`` (for heads that predict ``x0``, so that an
+      untrained head starts at the VAE's estimate; ``config.model.residual_heads``).
     dtype: compute dtype (``None``: float32); parameters and the output are float32.
 
   Parameters: ``params['heads']`` holds every head's parameters with a leading axis of size
@@ -104,6 +107,7 @@ class THeadUNet(nn.Module):
   attn_resolutions: Sequence[int] = ()
   dropout: float = 0.0
   num_groups: int = 32
+  residual: bool = False
   dtype: Optional[Any] = None
 
   @nn.compact
@@ -140,9 +144,11 @@ class THeadUNet(nn.Module):
         Head, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
         in_axes=None, out_axes=1, axis_size=self.num_heads)(*head_args, dtype=self.dtype,
                                                              name='heads')
+    # The scale's implied clean image, added to every head's output with residual heads.
+    base = scale[..., x_i.shape[-1]:][:, None].astype(jnp.float32) if self.residual else 0.0
     if heads is not None and not self.is_initializing():
-      return self._selected_heads(h, jnp.asarray(heads), head_args, train)
-    z = all_heads(h).astype(jnp.float32)
+      return self._selected_heads(h, jnp.asarray(heads), head_args, train) + base
+    z = all_heads(h).astype(jnp.float32) + base
     mask = head_mask(i, self.num_heads)[:, :, None, None, None]
     # where (not multiply): masked heads get exactly zero output and exactly zero cotangent.
     return jnp.where(mask, z, 0.0)
