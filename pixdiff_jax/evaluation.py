@@ -23,7 +23,8 @@ Setting names (``parse_setting``):
 
 * pixel-aware: ``paper`` (the preset: K=1, eta=1, no clip, x_T ~ N(0, I), recursion);
   ``consistent`` (the preset with the workdir's K); ``x0_jump_K<k>`` (the consistent preset with
-  K = k network calls; ``x0_jump_KT``: K = T); ``vae_prior`` (the VAE's scale prior decoded to
+  K = k network calls; ``x0_jump_KT``: K = T; a suffix ``_eta<e>`` sets the fresh noise, e.g.
+  ``x0_jump_KT_eta1`` is ancestral sampling); ``vae_prior`` (the VAE's scale prior decoded to
   an image, no reverse model).
 * DDPM baseline: ``ddpm`` (ancestral, T steps); ``ddim_<S>`` (eta = 0); ``dpm_solver_<S>``
   (DPM-Solver++(2M)); all with the workdir's ``sampling.clip_denoised``.
@@ -100,13 +101,15 @@ def parse_setting(name: str, config: ml_collections.ConfigDict) -> Setting:
       k = int(config.sampling.network_calls)
       return Setting(name, f'consistent preset (x0_jump, K={k}, eta=0, clip, scale prior)',
                      dict(preset='consistent', network_calls=k))
-    m = re.fullmatch(r'x0_jump_K(\d+|T)', name)
+    m = re.fullmatch(r'x0_jump_K(\d+|T)(?:_eta(\d+(?:\.\d+)?))?', name)
     if m:
       k = T if m.group(1) == 'T' else int(m.group(1))
       if not 1 <= k <= T:
         raise EvalError(f'eval setting {name!r}: K must lie in 1..T={T}')
-      return Setting(name, f'x0_jump, K={k}, eta=0, clip, scale prior',
-                     dict(preset='consistent', network_calls=k))
+      eta = float(m.group(2) or 0)
+      extra = dict(eta=eta) if m.group(2) else {}
+      return Setting(name, f'x0_jump, K={k}, eta={eta:g}, clip, scale prior',
+                     dict(preset='consistent', network_calls=k, **extra))
     if name == 'vae_prior':
       return Setting(name, 'VAE scale prior alone (no reverse model)', None)
   else:
@@ -122,7 +125,7 @@ def parse_setting(name: str, config: ml_collections.ConfigDict) -> Setting:
       extra = dict(eta=0.0) if m.group(1) == 'ddim' else {}
       return Setting(name, label, dict(sampler=m.group(1), num_steps=s, clip_denoised=clip,
                                        **extra))
-  known = ('paper, consistent, x0_jump_K<k>, x0_jump_KT, vae_prior'
+  known = ('paper, consistent, x0_jump_K<k>[_eta<e>], x0_jump_KT[_eta<e>], vae_prior'
            if config.method == 'pixel_aware' else 'ddpm, ddim_<S>, dpm_solver_<S>')
   raise EvalError(f'unknown eval setting {name!r} for method={config.method!r} '
                   f'(config.eval.samplers); known: {known}')

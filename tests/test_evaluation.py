@@ -30,6 +30,11 @@ def test_setting_names_resolve_to_sampler_overrides():
   assert evaluation.parse_setting('consistent', config).overrides['network_calls'] == 2
   assert evaluation.parse_setting('paper', config).overrides == {'preset': 'paper'}
   assert evaluation.parse_setting('vae_prior', config).overrides is None
+  ancestral = evaluation.parse_setting('x0_jump_KT_eta1', config)
+  assert ancestral.overrides == {'preset': 'consistent', 'network_calls': 8, 'eta': 1.0}
+  settings = config_utils.sampler_settings(config, **ancestral.overrides)
+  assert (settings['eta'], settings['network_calls'], settings['update']) == (1.0, 8, 'x0_jump')
+  assert evaluation.parse_setting('x0_jump_K2_eta0.5', config).overrides['eta'] == 0.5
   names = [s.name for s in evaluation.settings_for(config, evaluation.default_eval_config())]
   assert names == list(evaluation.DEFAULT_SETTINGS['pixel_aware'])
   with pytest.raises(ValueError, match='x0_jump_K9'):
