@@ -1,12 +1,14 @@
-"""Two processes of main.py (JAX multi-controller runtime, gloo on CPU): bad launches and a
-failing process end every process with one line.
+"""Two processes of main.py (JAX multi-controller runtime, gloo on CPU) against one process with
+two devices: same parameters, resume across layouts, same samples; bad launches end in one line.
 
 Each subprocess gets its own XLA_FLAGS (1 CPU device per process of the 2-process job, 2 forced
 host devices for the single process). The trained workdirs are shared by the tests of this module
 (module-scoped fixtures), and independent runs go in pairs, in parallel.
 """
+import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,6 +90,116 @@ class Run:
 def _check_ok(results, what):
   for i, (code, _, stderr) in enumerate(results):
     assert code == 0, f'{what}, process {i}: exit {code}\n{stderr[-4000:]}'
+
+
+def _params(workdir):
+  """Final params and EMA params of both stages, restored in this (test) process."""
+  from pixdiff_jax import sampling  # pylint: disable=g-import-not-at-top
+  out = {}
+  for use_ema in (False, True):
+    _, variables = sampling.load_sampler(workdir, use_ema=use_ema)
+    out['ema' if use_ema else 'params'] = variables
+  return out
+
+
+def _max_diff(a, b):
+  import jax  # pylint: disable=g-import-not-at-top
+  diffs = jax.tree_util.tree_map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
+      a, b)
+  return max(jax.tree_util.tree_leaves(diffs))
+
+
+def _assert_same_params(a, b, what):
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b, what
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6, err_msg=what)
+
+
+def _drop_last_reverse_checkpoint(src, dst):
+  """Copy of workdir ``src`` whose reverse stage resumes at step 2 (step 4 removed)."""
+  shutil.copytree(src, dst)
+  shutil.rmtree(dst / 'checkpoints' / 'reverse' / '4')
+  return dst
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """One process with 2 devices and two processes with 1 device each, trained side by side."""
+  if not FMNIST.exists():
+    pytest.skip('apt-get install dataset-fashion-mnist')
+  base = tmp_path_factory.mktemp('distributed')
+  one, two = base / 'one_process', base / 'two_processes'
+  run_one = Run(1, *SHORT, '--workdir', str(one))
+  run_two = Run(2, *SHORT, '--workdir', str(two))
+  results_two, results_one = run_two.wait(), run_one.wait()
+  _check_ok(results_one, 'one process, 2 devices')
+  _check_ok(results_two, 'two processes')
+  print(f'\ntraining (run side by side): one process {run_one.seconds:.1f} s, '
+        f'two processes {run_two.seconds:.1f} s')
+  return {'base': base, 'one': one, 'two': two, 'results_two': results_two}
+
+
+@needs_fmnist
+def test_two_processes_train_like_one_process_with_two_devices(trained):
+  one, two = trained['one'], trained['two']
+  for stage in ('vae', 'reverse'):
+    assert sorted(os.listdir(two / 'checkpoints' / stage)) == ['2', '4']
+  p_one, p_two = _params(one), _params(two)
+  print(f'\nmax |params(2 processes) - params(1 process, 2 devices)| = '
+        f'{_max_diff(p_one, p_two):.3g}')
+  _assert_same_params(p_one, p_two, 'two processes vs one process with 2 devices')
+  # Only process 0 writes metrics; every logged step appears once.
+  records = [json.loads(line) for line in (two / 'metrics.jsonl').read_text().splitlines()]
+  steps = [(r['stage'], r['step']) for r in records]
+  assert steps == sorted(set(steps), key=steps.index) and ('reverse', 4) in steps
+  # Process 1 logs no INFO lines and draws no progress bar.
+  _, _, stderr1 = trained['results_two'][1]
+  assert 'train vae' not in stderr1 and 'training finished' not in stderr1
+
+
+@needs_fmnist
+def test_resume_across_process_layouts(trained):
+  base, one, two = trained['base'], trained['one'], trained['two']
+  # Trained by two processes, resumed (reverse stage from step 2) by one process; and back.
+  to_one = _drop_last_reverse_checkpoint(two, base / 'two_then_one')
+  to_two = _drop_last_reverse_checkpoint(one, base / 'one_then_two')
+  run_to_one = Run(1, *SHORT, '--workdir', str(to_one))
+  run_to_two = Run(2, *SHORT, '--workdir', str(to_two))
+  results_to_two, results_to_one = run_to_two.wait(), run_to_one.wait()
+  _check_ok(results_to_one, '2 processes -> 1 process')
+  _check_ok(results_to_two, '1 process -> 2 processes')
+  assert sorted(os.listdir(to_one / 'checkpoints' / 'reverse')) == ['2', '4']
+  reference = _params(one)
+  _assert_same_params(reference, _params(to_one), 'resumed 2 processes -> 1 process')
+  _assert_same_params(reference, _params(to_two), 'resumed 1 process -> 2 processes')
+
+
+@needs_fmnist
+def test_distributed_sampling_writes_the_single_process_images(trained):
+  two = trained['two']
+  # 20 images in batches of 8: 3 batches, two for process 0 and one for process 1.
+  sample = [*SMOKE, '--workdir', str(two), '--mode', 'sample', '--num_samples', '20']
+  run_two = Run(2, *sample, '--sample_name', 'two')
+  run_one = Run(1, *sample, '--sample_name', 'one')
+  results_two, results_one = run_two.wait(), run_one.wait()
+  _check_ok(results_one, 'sampling, one process')
+  _check_ok(results_two, 'sampling, two processes')
+  # gloo's C++ library prints '[Gloo] Rank i is connected ...' on stdout; the rest is ours.
+  ours = [''.join(line for line in out.splitlines(True) if not line.startswith('[Gloo]'))
+          for _, out, _ in results_two]
+  assert json.loads(ours[0])['num_samples'] == 20
+  assert ours[1].strip() == ''  # only process 0 reports (and writes)
+  with np.load(two / 'samples' / 'one.npz') as f:
+    images_one = f['images']
+  with np.load(two / 'samples' / 'two.npz') as f:
+    images_two = f['images']
+  assert images_one.shape == (20, 32, 32, 1) and images_one.std() > 0
+  np.testing.assert_array_equal(images_two, images_one)
+  assert (two / 'samples' / 'two.png').exists()
 
 
 @needs_fmnist
