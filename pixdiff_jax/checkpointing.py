@@ -2,8 +2,15 @@
 
 Both training (resume) and sampling (``load_stage_params``) restore through this module.
 
+Each step holds two Orbax items: ``default`` (the train state) and ``checksums`` (a CRC-32 of
+every array's bytes, written at save time). Orbax/TensorStore alone does not notice every
+damaged byte: an overwritten stretch of a data file can come back as different but finite
+numbers, so a restored array is compared with its checksum. Checkpoints written before the
+checksums existed are read without that comparison.
+
 Reading is defensive. :meth:`StageCheckpointer.restore_latest` tries the newest step first; a
-step that cannot be read (missing or truncated files, undecodable metadata, non-finite values) is
+step that cannot be read (missing or truncated files, undecodable metadata, a checksum that does
+not match, non-finite values) is
 *moved aside* to ``WORKDIR/checkpoints/<stage>-broken/<step>`` (never deleted), a warning names
 it and the reason, and the next older step is tried. A checkpoint whose arrays do not have the
 shapes of the network built from the config is a :class:`CheckpointMismatchError` (the config
@@ -15,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -107,6 +115,24 @@ def _first_non_finite(tree: PyTree) -> str | None:
   return None
 
 
+def array_checksums(tree: PyTree) -> dict[str, str]:
+  """``{'params/encoder/conv/kernel': '1a2b3c4d'}``: CRC-32 (hex) of each leaf's C-order bytes."""
+  return {'/'.join(_key_name(k) for k in path):
+          format(zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).tobytes()), '08x')
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _first_checksum_mismatch(tree: PyTree, expected: dict[str, str]) -> str | None:
+  actual = array_checksums(tree)
+  if set(actual) != set(expected):
+    return 'its checksum list does not name the same arrays as its state'
+  bad = sorted(k for k in actual if actual[k] != expected[k])
+  if bad:
+    more = f' (+{len(bad) - 1} more)' if len(bad) > 1 else ''
+    return f'the bytes of {bad[0]}{more} do not match the checksum written with them'
+  return None
+
+
 def _one_line(err: BaseException, limit: int = 300) -> str:
   text = ' '.join(str(err).split()) or type(err).__name__
   return text if len(text) <= limit else text[:limit] + '...'
@@ -134,8 +160,10 @@ class StageCheckpointer:
       absl_logger.setLevel(logging.ERROR)
     try:
       # The handler is named so that item metadata can be read before any restore.
-      self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                           item_handlers=ocp.StandardCheckpointHandler())
+      self.manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={'default': ocp.StandardCheckpointHandler(),
+                         'checksums': ocp.JsonCheckpointHandler()})
     finally:
       absl_logger.setLevel(level)
 
@@ -149,9 +177,12 @@ class StageCheckpointer:
     return os.path.join(self.directory, str(step))
 
   def save(self, step: int, state: Any, *, force: bool = False) -> None:
-    """Saves ``state`` (host or single-device arrays) under ``step``; asynchronous."""
+    """Saves ``state`` (host or single-device arrays) and its :func:`array_checksums` under
+    ``step``; asynchronous."""
     state = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
-    self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+    self.manager.save(int(step), args=ocp.args.Composite(
+        default=ocp.args.StandardSave(state),
+        checksums=ocp.args.JsonSave(array_checksums(state))), force=force)
 
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores ``step`` (latest by default) into the structure of ``target`` (arrays or
@@ -169,9 +200,11 @@ class StageCheckpointer:
         if not isinstance(x, jax.ShapeDtypeStruct) else x, target)
     where = self.step_dir(step)
     try:
-      metadata = self.manager.item_metadata(step)
+      items = self.manager.item_metadata(step)
+      metadata = items.get('default') if items is not None else None
     except Exception as err:  # pylint: disable=broad-except  (any failure = unreadable)
       raise CheckpointUnreadableError(f'cannot read its metadata: {_one_line(err)}') from err
+    has_checksums = os.path.isdir(os.path.join(where, 'checksums'))
     if metadata is None or not jax.tree_util.tree_leaves(metadata):
       raise CheckpointUnreadableError('no saved state in it (item folder or metadata missing)')
     stored, wanted = shapes_by_path(metadata), shapes_by_path(abstract)
@@ -180,10 +213,18 @@ class StageCheckpointer:
           f'checkpoint {where} does not match the network built from this config '
           f'({describe_mismatch(stored, wanted)}); it was written with another '
           'model/vae/diffusion/data config')
+    args = {'default': ocp.args.StandardRestore(abstract)}
+    if has_checksums:
+      args['checksums'] = ocp.args.JsonRestore()
     try:
-      restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      items = self.manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as err:  # pylint: disable=broad-except
       raise CheckpointUnreadableError(f'cannot read its arrays: {_one_line(err)}') from err
+    restored = items['default']
+    if has_checksums:
+      bad = _first_checksum_mismatch(restored, items['checksums'])
+      if bad is not None:
+        raise CheckpointUnreadableError(f'{bad} (the files are damaged)')
     bad = _first_non_finite(restored)
     if bad is not None:
       raise CheckpointUnreadableError(f'{bad} (training never saves those: the files are '

@@ -114,11 +114,21 @@ def _damage(step_dir: pathlib.Path, kind: str) -> None:
     f = _largest_file(step_dir)
     os.truncate(f, os.path.getsize(f) // 2)
   elif kind == 'overwritten bytes':
+    # 64 bytes at 7 places. The data is compressed: a damaged stretch may decode to other,
+    # finite numbers (only the checksums notice), to NaN, or fail to decode. A stretch may also
+    # fall on bytes no array reads (harmless), hence several places.
     f = _largest_file(step_dir)
     raw = bytearray(f.read_bytes())
-    mid = len(raw) // 2
-    raw[mid:mid + 64] = b'\xff' * 64  # 0xffffffff is a float32 NaN
+    for k in range(1, 8):
+      at = len(raw) * k // 8
+      raw[at:at + 64] = b'\xff' * 64
     f.write_bytes(bytes(raw))
+  elif kind == 'wrong checksum':
+    f = step_dir / 'checksums' / 'metadata'
+    sums = json.loads(f.read_text())
+    name = sorted(sums)[0]
+    sums[name] = format(int(sums[name], 16) ^ 1, '08x')
+    f.write_text(json.dumps(sums))
   elif kind == 'missing _METADATA':
     (step_dir / 'default' / '_METADATA').unlink()
   elif kind == 'missing item folder':
@@ -129,8 +139,8 @@ def _damage(step_dir: pathlib.Path, kind: str) -> None:
     raise ValueError(kind)
 
 
-DAMAGE = ['truncated data file', 'overwritten bytes', 'missing _METADATA', 'missing item folder',
-          'truncated manifest']
+DAMAGE = ['truncated data file', 'overwritten bytes', 'wrong checksum', 'missing _METADATA',
+          'missing item folder', 'truncated manifest']
 
 
 @pytest.mark.parametrize('kind', DAMAGE)
@@ -148,6 +158,8 @@ def test_unreadable_latest_checkpoint_is_moved_aside_and_the_older_one_used(smok
   assert f'checkpoint {stage_dir}/6 is unreadable' in warnings[0]
   assert f'moved it to {stage_dir}-broken/6' in warnings[0]
   assert 'config' not in warnings[0]  # a damaged file is not blamed on the config
+  if kind == 'wrong checksum':
+    assert 'do not match the checksum written with them' in warnings[0]
   assert sorted(os.listdir(stage_dir)) == ['4']
   assert (stage_dir.parent / 'reverse-broken' / '6' / '_CHECKPOINT_METADATA').exists()
 
