@@ -115,10 +115,8 @@ EVAL_ARGS = ['--config', 'configs/smoke.py', '--config.eval.num_samples=6',
 
 
 @needs_fmnist
-def test_eval_compare_figures_on_a_smoke_workdir(tmp_path):
-  w = tmp_path / 'w'
-  run = _main('--config', 'configs/smoke.py', '--workdir', str(w))
-  assert run.returncode == 0, run.stderr[-3000:]
+def test_eval_compare_figures_on_a_smoke_workdir(smoke_copy, tmp_path):
+  w = smoke_copy  # the session's trained smoke workdir (conftest.py), copied
 
   bad = _main('--workdir', str(w), '--mode', 'eval', *EVAL_ARGS,
               '--config.eval.inception_weights=/nonexistent/pt_inception.pth')
