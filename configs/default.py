@@ -52,6 +52,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # eq. 15 exactly); n >= 2 = the diagonal head plus n - 1 random active heads, weighted so that
   # the expected loss is eq. 15's (losses.select_heads); the heads then cost n / T.
   diffusion.heads_per_example = 0
+  # Per-pixel weights of the reverse loss: 'none' (eq. 15) or 'min_snr' (Min-SNR-gamma, Hang et
+  # al. 2023, on the per-pixel schedule's abar/(1-abar): schedules.min_snr_weight).
+  diffusion.loss_weighting = 'none'
+  diffusion.min_snr_gamma = 5.0
   # Scale fed to R while training: 'vae' (frozen stage-1 estimate) or 'true'.
   diffusion.scale_source = 'vae'
   # Scalar schedule of the DDPM baseline: 'linear' (1e-4..0.02) or 'cosine'.

@@ -14,6 +14,8 @@ METHODS = ('pixel_aware', 'ddpm')
 SAMPLERS = {'pixel_aware': ('parallel',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}
 PRIORS = ('standard', 'scale')
 VAE_LOSS_SPACES = ('scale', 'x0')
+# Per-pixel weights of the reverse loss: 'none' (eq. 15) or 'min_snr' (schedules.min_snr_weight).
+LOSS_WEIGHTINGS = ('none', 'min_snr')
 
 # Named bundles of sampler settings. 'paper' is Algorithm 1 taken literally (one network call,
 # fresh noise eta=1, no clipping, x_T ~ N(0, I)). 'consistent' starts from the distribution x_T
@@ -31,9 +33,10 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
 _ARCHITECTURE_SECTIONS = ('method', 'vae', 'model', 'diffusion', 'data.image_size',
                           'data.num_channels')
 # Fields inside those sections that do not change the parameters (compute dtype, how many heads
-# the loss evaluates): a run may resume or sample with another value, and configs saved before
-# they existed still match.
-_NON_ARCHITECTURE_FIELDS = ('vae.dtype', 'model.dtype', 'diffusion.heads_per_example')
+# the loss evaluates and how it weighs pixels): a run may resume or sample with another value,
+# and configs saved before they existed still match.
+_NON_ARCHITECTURE_FIELDS = ('vae.dtype', 'model.dtype', 'diffusion.heads_per_example',
+                            'diffusion.loss_weighting', 'diffusion.min_snr_gamma')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -59,6 +62,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"diffusion.scale_source must be 'vae' or 'true', got {d.scale_source!r}")
     if not d.get('diagonal_weight', 1.0) > 0:
       raise ValueError(f'diffusion.diagonal_weight must be > 0, got {d.diagonal_weight!r}')
+    weighting = d.get('loss_weighting', 'none')
+    if weighting not in LOSS_WEIGHTINGS:
+      raise ValueError(f'diffusion.loss_weighting must be one of {LOSS_WEIGHTINGS}, '
+                       f'got {weighting!r}')
+    if weighting == 'min_snr':
+      if d.target == 'increment':
+        raise ValueError("diffusion.loss_weighting='min_snr' needs diffusion.target 'x0', "
+                         "'cumulative' or 'v' (the 'increment' target has no clean-image reading)")
+      if not d.get('min_snr_gamma', 5.0) > 0:
+        raise ValueError(f'diffusion.min_snr_gamma must be > 0, got {d.min_snr_gamma!r}')
     n = d.get('heads_per_example', 0)
     if not isinstance(n, int) or n == 1 or n < 0:
       raise ValueError(f'diffusion.heads_per_example must be 0 (all heads) or an int >= 2, '

@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from pixdiff_jax import models, schedules
-from pixdiff_jax.config_utils import VAE_LOSS_SPACES
+from pixdiff_jax.config_utils import LOSS_WEIGHTINGS, VAE_LOSS_SPACES
 from pixdiff_jax.samplers import TARGETS as _TARGETS
 
 __all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
@@ -197,6 +197,10 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     ``sum_{b, m} w[b, m] se[b, m]`` and the denominator the same ``sum W`` as above, so the
     expected loss (and gradient) over the draw equals the full loss; with ``n >= T`` it IS
     the full loss. The heads cost ``n / T`` of the full evaluation.
+  * ``config.diffusion.loss_weighting='min_snr'``: each pixel's squared error (every head of
+    the example alike) is multiplied by :func:`pixdiff_jax.schedules.min_snr_weight` at the
+    example's step ``i`` (``snr_gamma = diffusion.min_snr_gamma``; the per-pixel schedule of the
+    true ``x0``) before the mean over pixels; ``'none'`` (default) weighs every pixel 1.
 
   Metrics: ``mse_head_1`` (head 1, active for every example; full evaluation only),
   ``mse_head_i`` (head ``j = i``, the first one Algorithm 1 uses), ``active_heads`` (mean
@@ -217,6 +221,10 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
   diagonal_weight = float(d.get('diagonal_weight', 1.0))
   if not diagonal_weight > 0:
     raise ValueError(f'diffusion.diagonal_weight must be > 0, got {diagonal_weight!r}')
+  weighting = d.get('loss_weighting', 'none')
+  if weighting not in LOSS_WEIGHTINGS:
+    raise ValueError(f'diffusion.loss_weighting={weighting!r} is unknown; known: '
+                     f'{list(LOSS_WEIGHTINGS)}')
   heads_per_example = int(d.get('heads_per_example', 0))
   if heads_per_example == 1 or heads_per_example < 0:
     raise ValueError(f'diffusion.heads_per_example must be 0 (all active heads) or >= 2, got '
@@ -235,6 +243,12 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
       x_delta_hat = jax.lax.stop_gradient(models.vae_estimate_scale(vae, vae_params, x_i, i))
     else:
       x_delta_hat = schedules.image_scale(x0, gamma)
+    if weighting == 'min_snr':  # [B, 1, H, W, C]: one weight per pixel, every head alike
+      pixel_w = schedules.min_snr_weight(
+          schedules.image_scale(x0, gamma), _bcast(i, x0), num_steps,
+          snr_gamma=float(d.get('min_snr_gamma', 5.0)), target=d.target)[:, None]
+    else:
+      pixel_w = 1.0
     if heads_per_example:
       heads, w = select_heads(jax.random.fold_in(rng, 1) if heads_rng is None else heads_rng,
                               i, num_steps=num_steps, heads_per_example=heads_per_example,
@@ -242,14 +256,14 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
       z = model.apply({'params': params}, x_i, x_delta_hat, i, train=train, heads=heads,
                       rngs={'dropout': rng_dropout})  # [B, n, H, W, C]
       targets = jnp.take_along_axis(ex['targets'], (heads - 1)[:, :, None, None, None], axis=1)
-      se = jnp.mean(jnp.square(z - targets), axis=(2, 3, 4))  # [B, n]
+      se = jnp.mean(pixel_w * jnp.square(z - targets), axis=(2, 3, 4))  # [B, n]
       denominator = jnp.sum(i.astype(se.dtype)) + x0.shape[0] * (diagonal_weight - 1.0)
       loss = jnp.sum(se * w) / denominator
       return loss, {'mse_head_i': jnp.mean(se[:, 0]),
                     'active_heads': jnp.mean(i.astype(se.dtype))}
     z = model.apply({'params': params}, x_i, x_delta_hat, i, train=train,
                     rngs={'dropout': rng_dropout})
-    se = jnp.mean(jnp.square(z - ex['targets']), axis=(2, 3, 4))  # [B, T]
+    se = jnp.mean(pixel_w * jnp.square(z - ex['targets']), axis=(2, 3, 4))  # [B, T]
     mask = ex['mask'].astype(se.dtype)
     num_active = jnp.sum(mask)
     batch = jnp.arange(x0.shape[0])

@@ -35,7 +35,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 __all__ = [
     'image_scale', 'log_image_scale', 'alpha', 'beta', 'alpha_bar', 'one_minus_alpha_bar',
-    'btilde', 'posterior_mean_coefs', 'pixel_snr', 'kl_to_standard_normal', 'q_sample',
+    'btilde', 'posterior_mean_coefs', 'pixel_snr', 'min_snr_weight', 'kl_to_standard_normal', 'q_sample',
     'forward_chain', 'chain_targets', 'increment_scale', 'x0_from_scale',
     'linear_alphas_cumprod', 'cosine_alphas_cumprod', 'vp_log_alpha', 'vp_sigma', 'vp_lambda',
     'vp_inverse_lambda', 'check_pixel_aware_args',
@@ -168,6 +168,36 @@ def pixel_snr(x0: Float[ArrayLike, '*shape'], t: ArrayLike, *, gamma: float
   check_pixel_aware_args(gamma=gamma)
   x0 = _as_float('x0', x0)
   return jnp.square(x0) / jnp.expm1(gamma * _step('t', t) * x0)
+
+
+def min_snr_weight(x_delta: Float[ArrayLike, '*shape'], i: ArrayLike, num_steps: int, *,
+                   snr_gamma: float, target: str) -> Float[Array, '*shape']:
+  """Per-pixel Min-SNR-gamma loss weight at step ``i`` (Hang et al. 2023, arXiv:2303.09556).
+
+  With the schedule's own signal-to-noise ratio ``snr = abar_i / (1 - abar_i)`` (per pixel;
+  the ratio of the squared coefficients of ``x0`` and of the noise in ``x_i``, as in the paper,
+  which assumes data of unit scale), the weight that makes a loss on ``target`` equal to
+  ``min(snr, snr_gamma)`` times the clean-image error:
+
+  * ``'x0'``: ``min(snr, snr_gamma)``;
+  * ``'cumulative'`` (eps-like): ``min(snr, snr_gamma) / snr``;
+  * ``'v'``: ``min(snr, snr_gamma) / (snr + 1)``.
+
+  ``'increment'`` has no clean-image reading and raises. ``i >= 1`` (``snr`` is infinite at 0).
+  """
+  check_pixel_aware_args(num_steps=num_steps)
+  if not snr_gamma > 0:
+    raise ValueError(f'snr_gamma must be > 0, got {snr_gamma!r}')
+  snr = alpha_bar(x_delta, i, num_steps) / one_minus_alpha_bar(x_delta, i, num_steps)
+  clipped = jnp.minimum(snr, snr_gamma)
+  if target == 'x0':
+    return clipped
+  if target == 'cumulative':
+    return clipped / snr
+  if target == 'v':
+    return clipped / (snr + 1.0)
+  raise ValueError(f"Min-SNR weights are defined for the targets 'x0', 'cumulative' and 'v', "
+                   f"got {target!r}")
 
 
 def kl_to_standard_normal(x0: Float[ArrayLike, '*shape'], i: ArrayLike, *, gamma: float,

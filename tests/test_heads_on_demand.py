@@ -155,6 +155,10 @@ def reverse_losses(thead):
   for n in (0, 3, T):
     config.diffusion.heads_per_example = n
     fns[n] = losses.get_reverse_loss_fn(config, module)
+  config.diffusion.loss_weighting = 'min_snr'
+  for n in (0, T):
+    config.diffusion.heads_per_example = n
+    fns['min_snr', n] = losses.get_reverse_loss_fn(config, module)
   return fns, params, None
 
 
@@ -163,12 +167,16 @@ def _x0(seed=0):
   return jnp.asarray(4e-3 + (1 - 4e-3) * u, jnp.float32)
 
 
-def test_all_active_heads_give_the_masked_loss_and_gradient(reverse_losses):
+@pytest.mark.parametrize('weighting', ['none', 'min_snr'])
+def test_all_active_heads_give_the_masked_loss_and_gradient(reverse_losses, weighting):
   fns, params, vae_params = reverse_losses
   x0, rng = _x0(), jax.random.key(11)
   value_grad = lambda fn: jax.jit(jax.value_and_grad(
       lambda p: fn(p, x0, rng, vae_params=vae_params, train=False)[0]))(params)
-  (loss_full, g_full), (loss_all, g_all) = value_grad(fns[0]), value_grad(fns[T])
+  key = (lambda n: n) if weighting == 'none' else (lambda n: ('min_snr', n))
+  (loss_full, g_full), (loss_all, g_all) = value_grad(fns[key(0)]), value_grad(fns[key(T)])
+  if weighting == 'min_snr':  # the weights change the loss
+    assert abs(float(loss_full) - float(value_grad(fns[0])[0])) > 1e-3 * float(loss_full)
   np.testing.assert_allclose(loss_all, loss_full, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g_all), jax.tree.leaves(g_full)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -121,6 +121,38 @@ def test_reverse_loss_inputs_targets_and_normalisation(target, scale_source):
     assert all(np.all(np.asarray(leaf) == 0.0) for leaf in jax.tree.leaves(g))
 
 
+def test_min_snr_weighting_matches_hand_computation():
+  """``loss_weighting='min_snr'``: each pixel's squared error times min(abar/(1-abar), 5) at the
+  example's step (float64 by hand), the same for every head. (Heads on demand with the same
+  weights: tests/test_heads_on_demand.py.)"""
+  config = tiny_config()
+  config.diffusion.target = 'x0'
+  config.diffusion.scale_source = 'true'
+  config.diffusion.loss_weighting = 'min_snr'
+  config.diffusion.min_snr_gamma = 5.0
+  x0, rng = _images(), jax.random.key(7)
+  i, x_i, targets = _hand_reverse_example(x0, rng, 'x0')
+  xd = np.exp(-GAMMA * np.asarray(x0, np.float64))
+  stub = EchoHeads(T, (B, T, S, S, C))
+  z_exact = targets - (x_i + xd)[:, None] - (i / T)[:, None, None, None, None]
+  # A pixel-dependent error on head j: r[b, j, pix] = 0.1 j + pixel pattern.
+  pattern = np.random.RandomState(3).uniform(-0.2, 0.2, (1, 1, S, S, C))
+  c = 0.1 * np.arange(1, T + 1)[None, :, None, None, None] + pattern
+  params = {'z': jnp.asarray(z_exact + c, jnp.float32)}
+  loss = jax.jit(losses.get_reverse_loss_fn(config, stub))(params, x0, rng)[0]
+  abar = xd ** (i[:, None, None, None] / T)
+  w = np.minimum(abar / (1 - abar), 5.0)[:, None]  # [B, 1, S, S, C]
+  se = np.mean(w * np.broadcast_to(c, (B, T, S, S, C)) ** 2, axis=(2, 3, 4))  # [B, T]
+  active = np.arange(1, T + 1)[None] <= i[:, None]
+  expected = np.sum(active * se) / np.sum(active)
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  assert not np.isclose(expected, np.sum(active * np.mean(c ** 2, axis=(2, 3, 4))) / np.sum(active),
+                        rtol=1e-2)  # the weights matter here
+  config.diffusion.loss_weighting = 'snr'
+  with pytest.raises(ValueError, match="loss_weighting='snr' is unknown"):
+    losses.get_reverse_loss_fn(config, stub)
+
+
 def test_reverse_loss_config_errors():
   config = tiny_config()
   stub = EchoHeads(T, (B, T, S, S, C))

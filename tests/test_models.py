@@ -405,3 +405,29 @@ def test_random_params_have_the_init_shapes():
           == jax.tree.map(lambda a: (a.shape, a.dtype), shapes))
   kernel = np.asarray(params['heads']['conv_out']['kernel'])  # [T, 3, 3, Cin, C]
   assert abs(kernel.std() * math.sqrt(math.prod(kernel.shape[1:-1])) - 1) < 0.2
+
+
+def test_loss_weighting_config_errors_and_does_not_block_resuming():
+  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.diffusion.loss_weighting = 'snr'
+  with pytest.raises(ValueError, match='diffusion.loss_weighting'):
+    config_utils.validate_config(config)
+  config = tiny_config()
+  config.diffusion.loss_weighting = 'min_snr'
+  config.diffusion.target = 'increment'
+  with pytest.raises(ValueError, match="loss_weighting='min_snr' needs diffusion.target"):
+    config_utils.validate_config(config)
+  config.diffusion.target = 'x0'
+  config.diffusion.min_snr_gamma = 0.0
+  with pytest.raises(ValueError, match='diffusion.min_snr_gamma'):
+    config_utils.validate_config(config)
+  config.diffusion.min_snr_gamma = 5.0
+  config_utils.validate_config(config)
+  stored = tiny_config()
+  stored.diffusion.target = 'x0'
+  config_utils.check_compatible(stored, config)  # another loss weighting: same parameters
+  old = ml_collections.ConfigDict(stored.to_dict())
+  with old.unlocked():
+    del old.diffusion['loss_weighting'], old.diffusion['min_snr_gamma']  # written before them
+  config_utils.check_compatible(old, config)

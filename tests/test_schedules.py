@@ -136,6 +136,30 @@ def test_snr_and_kl(gamma, T):
   close(schedules.kl_to_standard_normal(x0_32, i, gamma=gamma, num_steps=T), want_kl, rtol=1e-4)
 
 
+@pytest.mark.parametrize('gamma,T', SETTINGS)
+@pytest.mark.parametrize('snr_gamma', [5.0, 0.5])
+def test_min_snr_weight(gamma, T, snr_gamma):
+  """Hang et al.'s Min-SNR-gamma weights on the per-pixel schedule vs float64: the weighted
+  loss of every target equals ``min(snr, snr_gamma)`` times the clean-image error."""
+  x0, i = grid(T)
+  i = i[:, i[0] >= 1]
+  abar = ref(x0, i, gamma, T)['abar']
+  snr = abar / (1 - abar)
+  clipped = np.minimum(snr, snr_gamma)
+  xd = jnp.asarray(np.exp(-gamma * x0), jnp.float32)
+  for target, want in [('x0', clipped), ('cumulative', clipped / snr), ('v', clipped / (snr + 1))]:
+    close(schedules.min_snr_weight(xd, i, T, snr_gamma=snr_gamma, target=target), want, rtol=2e-5)
+  # An eps error e is a clean-image error e * sqrt((1 - abar) / abar) (x0 = (x_i - sqrt(1 -
+  # abar) eps) / sqrt(abar)): weighted, the two losses agree.
+  w_eps = np.asarray(schedules.min_snr_weight(xd, i, T, snr_gamma=snr_gamma,
+                                              target='cumulative'), np.float64)
+  close(w_eps, clipped * (1 - abar) / abar, rtol=2e-5)
+  with pytest.raises(ValueError, match='increment'):
+    schedules.min_snr_weight(xd, i, T, snr_gamma=snr_gamma, target='increment')
+  with pytest.raises(ValueError, match='snr_gamma'):
+    schedules.min_snr_weight(xd, i, T, snr_gamma=0.0, target='x0')
+
+
 def test_design_section3_numbers():
   """docs/design.md section 3 at T=200, gamma=20 (float64 reference and the float32 library)."""
   xd = schedules.image_scale(jnp.array([0.004, 0.1]), 20.0)
