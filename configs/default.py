@@ -56,7 +56,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   # al. 2023, on the per-pixel schedule's abar/(1-abar): schedules.min_snr_weight).
   diffusion.loss_weighting = 'none'
   diffusion.min_snr_gamma = 5.0
-  # Scale fed to R while training: 'vae' (frozen stage-1 estimate) or 'true'.
+  # Scale fed to R while training: 'vae' (frozen stage-1 estimate G(x_i, i)), 'vae_at_T' (G(x_T, T)
+  # of the same chain for every step, like the scale prior at sampling time) or 'true'.
   diffusion.scale_source = 'vae'
   # Scalar schedule of the DDPM baseline: 'linear' (1e-4..0.02) or 'cosine'.
   diffusion.schedule = 'linear'

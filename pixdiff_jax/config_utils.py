@@ -58,8 +58,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'diffusion.gamma must be > 0, got {d.gamma!r}')
     if d.target not in TARGETS:
       raise ValueError(f'diffusion.target must be one of {TARGETS}, got {d.target!r}')
-    if d.scale_source not in ('vae', 'true'):
-      raise ValueError(f"diffusion.scale_source must be 'vae' or 'true', got {d.scale_source!r}")
+    if d.scale_source not in ('vae', 'vae_at_T', 'true'):
+      raise ValueError(f"diffusion.scale_source must be 'vae', 'vae_at_T' or 'true', "
+                       f"got {d.scale_source!r}")
     if not d.get('diagonal_weight', 1.0) > 0:
       raise ValueError(f'diffusion.diagonal_weight must be > 0, got {d.diagonal_weight!r}')
     weighting = d.get('loss_weighting', 'none')

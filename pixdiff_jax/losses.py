@@ -34,7 +34,7 @@ PyTree = Any
 Metrics = dict[str, Array]
 LossFn = Callable[..., tuple[Array, Metrics]]
 
-_SCALE_SOURCES = ('vae', 'true')
+_SCALE_SOURCES = ('vae', 'vae_at_T', 'true')
 
 
 def _uniform_steps(rng: jax.Array, batch_size: int, num_steps: int) -> Int[Array, 'B']:
@@ -118,7 +118,8 @@ def sample_reverse_example(config: ml_collections.ConfigDict, batch_x0: Float[Ar
   the head targets.
 
   Returns:
-    dict with ``i`` ``[B]`` int32, ``x_i`` ``[B, H, W, C]``, ``targets`` ``[B, T, H, W, C]``
+    dict with ``i`` ``[B]`` int32, ``x_i`` ``[B, H, W, C]``, the chain's last state ``x_T``
+    ``[B, H, W, C]``, ``targets`` ``[B, T, H, W, C]``
     (index ``j-1`` is head ``j``) and ``mask`` ``[B, T]`` bool (``j <= i``).
   """
   d = config.diffusion
@@ -131,7 +132,7 @@ def sample_reverse_example(config: ml_collections.ConfigDict, batch_x0: Float[Ar
   x_i = xs[i, jnp.arange(batch)]
   targets = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=num_steps,
                                     target=d.target)
-  return {'i': i, 'x_i': x_i, 'targets': jnp.moveaxis(targets, 0, 1),
+  return {'i': i, 'x_i': x_i, 'x_T': xs[num_steps], 'targets': jnp.moveaxis(targets, 0, 1),
           'mask': models.head_mask(i, num_steps)}
 
 
@@ -179,7 +180,10 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     :func:`sample_reverse_example` ``(config, batch_x0, rng_example)``;
   * scale input: ``config.diffusion.scale_source='vae'``: the frozen VAE's deterministic estimate
     ``stop_gradient(G(x_i, i))`` (posterior mean; ``vae`` and ``vae_params`` required);
-    ``'true'``: ``exp(-gamma x0)``;
+    ``'vae_at_T'``: the same VAE's estimate from the END of the same chain, ``G(x_T, T)``, for
+    every step: like the scale prior at sampling time, one blurry estimate per image that no
+    step sharpens (the generation-side conditioning, as DiffuseVAE (Pandey et al. 2022) trains
+    its refiner on the VAE's own reconstructions); ``'true'``: ``exp(-gamma x0)``;
   * ``Z = R(x_i, x_delta_hat, i)`` (heads ``j > i`` are exactly 0 inside the model), dropout rng
     stream ``'dropout'`` when ``train``;
   * normalisation: the loss is the mean squared error per pixel over the ACTIVE (example, head)
@@ -213,8 +217,8 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
   if d.scale_source not in _SCALE_SOURCES:
     raise ValueError(f'diffusion.scale_source={d.scale_source!r} is unknown; known: '
                      f'{list(_SCALE_SOURCES)}')
-  if d.scale_source == 'vae' and vae is None:
-    raise ValueError("diffusion.scale_source='vae' needs the stage-1 VAE: pass vae=")
+  if d.scale_source != 'true' and vae is None:
+    raise ValueError(f'diffusion.scale_source={d.scale_source!r} needs the stage-1 VAE: pass vae=')
   if getattr(model, 'num_heads', num_steps) != num_steps:
     raise ValueError(f'model has {model.num_heads} heads but diffusion.num_steps={num_steps}')
 
@@ -237,10 +241,15 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     rng_example, rng_dropout = jax.random.split(rng)
     ex = sample_reverse_example(config, x0, rng_example)
     i, x_i = ex['i'], ex['x_i']
-    if d.scale_source == 'vae':
+    if d.scale_source in ('vae', 'vae_at_T'):
       if vae_params is None:
-        raise ValueError("diffusion.scale_source='vae' needs the frozen VAE: pass vae_params=")
-      x_delta_hat = jax.lax.stop_gradient(models.vae_estimate_scale(vae, vae_params, x_i, i))
+        raise ValueError(f'diffusion.scale_source={d.scale_source!r} needs the frozen VAE: pass '
+                         'vae_params=')
+      if d.scale_source == 'vae':
+        x_in, i_in = x_i, i
+      else:
+        x_in, i_in = ex['x_T'], jnp.full_like(i, num_steps)
+      x_delta_hat = jax.lax.stop_gradient(models.vae_estimate_scale(vae, vae_params, x_in, i_in))
     else:
       x_delta_hat = schedules.image_scale(x0, gamma)
     if weighting == 'min_snr':  # [B, 1, H, W, C]: one weight per pixel, every head alike

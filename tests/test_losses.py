@@ -39,7 +39,7 @@ class EchoHeads(nn.Module):
 
 
 def _hand_reverse_example(x0, rng, target):
-  """float64 NumPy: i, x_i, targets [B, T, ...], from the documented rng splits."""
+  """float64 NumPy: i, x_i, targets [B, T, ...] and x_T, from the documented rng splits."""
   rng_example, _ = jax.random.split(rng)
   rng_i, rng_chain = jax.random.split(rng_example)
   i = np.asarray(jax.random.randint(rng_i, (B,), 1, T + 1))
@@ -60,7 +60,7 @@ def _hand_reverse_example(x0, rng, target):
       targets.append(np.sqrt((1 - abar) / beta) * e[j - 1])
   targets = np.stack(targets, axis=1)  # [B, T, ...]
   x_i = xs[i, np.arange(B)]
-  return i, x_i, targets
+  return i, x_i, targets, xs[T]
 
 
 @pytest.mark.parametrize('target', ['cumulative', 'increment', 'x0'])
@@ -68,30 +68,33 @@ def test_reverse_example_targets_match_hand_computation(target):
   config = tiny_config()
   config.diffusion.target = target
   x0, rng = _images(), jax.random.key(7)
-  i, x_i, targets = _hand_reverse_example(x0, rng, target)
+  i, x_i, targets, x_T = _hand_reverse_example(x0, rng, target)
   ex = losses.sample_reverse_example(config, x0, jax.random.split(rng)[0])
   np.testing.assert_array_equal(ex['i'], i)
   assert ex['i'].dtype == jnp.int32 and np.all((i >= 1) & (i <= T))
   np.testing.assert_allclose(ex['x_i'], x_i, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(ex['x_T'], x_T, rtol=1e-6, atol=1e-6)
   assert ex['targets'].shape == (B, T, S, S, C)
   np.testing.assert_allclose(ex['targets'], targets, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(ex['mask'], np.arange(1, T + 1)[None] <= i[:, None])
 
 
-@pytest.mark.parametrize('target,scale_source', [('increment', 'true'), ('cumulative', 'vae')])
+@pytest.mark.parametrize('target,scale_source', [('increment', 'true'), ('cumulative', 'vae'),
+                                                  ('x0', 'vae_at_T')])
 def test_reverse_loss_inputs_targets_and_normalisation(target, scale_source):
   config = tiny_config()
   config.diffusion.target = target
   config.diffusion.scale_source = scale_source
   x0, rng = _images(), jax.random.key(7)
-  i, x_i, targets = _hand_reverse_example(x0, rng, target)
+  i, x_i, targets, x_T = _hand_reverse_example(x0, rng, target)
   vae = models.build_vae(config)
   vae_params = numpy_init(vae, config)
   if scale_source == 'true':
     xd = np.exp(-GAMMA * np.asarray(x0, np.float64))
-  else:
-    xd = np.asarray(jit_apply(vae)({'params': vae_params}, jnp.asarray(x_i, jnp.float32),
-                                   jnp.asarray(i), sample_posterior=False)[0], np.float64)
+  else:  # the VAE's estimate from x_i at step i, or from the chain's x_T at step T
+    x_in, i_in = (x_i, i) if scale_source == 'vae' else (x_T, np.full_like(i, T))
+    xd = np.asarray(jit_apply(vae)({'params': vae_params}, jnp.asarray(x_in, jnp.float32),
+                                   jnp.asarray(i_in), sample_posterior=False)[0], np.float64)
   stub = EchoHeads(T, (B, T, S, S, C))
   loss_fn = jax.jit(losses.get_reverse_loss_fn(config, stub, vae))
   # z chosen so that Z^j = target^j on every active head iff the loss fed x_i, x_delta, i.
@@ -131,7 +134,7 @@ def test_min_snr_weighting_matches_hand_computation():
   config.diffusion.loss_weighting = 'min_snr'
   config.diffusion.min_snr_gamma = 5.0
   x0, rng = _images(), jax.random.key(7)
-  i, x_i, targets = _hand_reverse_example(x0, rng, 'x0')
+  i, x_i, targets, _ = _hand_reverse_example(x0, rng, 'x0')
   xd = np.exp(-GAMMA * np.asarray(x0, np.float64))
   stub = EchoHeads(T, (B, T, S, S, C))
   z_exact = targets - (x_i + xd)[:, None] - (i / T)[:, None, None, None, None]
