@@ -78,11 +78,17 @@ def _key_name(k) -> str:
   return str(k)
 
 
+def _named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
+  """``[('ema_params/encoder/conv/kernel', leaf), ...]``: dataclass fields, dict keys and
+  namedtuple fields all become path parts, so a target and Orbax's stored metadata compare
+  equal."""
+  return [('/'.join(_key_name(k) for k in path), leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
-  """``{'ema_params/encoder/conv/kernel': shape}``: dataclass fields, dict keys and namedtuple
-  fields all become path parts, so a target and Orbax's stored metadata compare equal."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(_key_name(k) for k in path): tuple(np.shape(leaf)) for path, leaf in leaves}
+  """``{'ema_params/encoder/conv/kernel': shape}`` (names as :func:`_named_leaves`)."""
+  return {name: tuple(np.shape(leaf)) for name, leaf in _named_leaves(tree)}
 
 
 def describe_mismatch(stored: dict, wanted: dict, limit: int = 3,
@@ -107,19 +113,17 @@ def describe_mismatch(stored: dict, wanted: dict, limit: int = 3,
 
 
 def _first_non_finite(tree: PyTree) -> str | None:
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+  for name, leaf in _named_leaves(tree):
     a = np.asarray(leaf)
     if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-      name = '/'.join(_key_name(k) for k in path)
       return f'{int(a.size - np.isfinite(a).sum())} non-finite values in {name}'
   return None
 
 
 def array_checksums(tree: PyTree) -> dict[str, str]:
   """``{'params/encoder/conv/kernel': '1a2b3c4d'}``: CRC-32 (hex) of each leaf's C-order bytes."""
-  return {'/'.join(_key_name(k) for k in path):
-          format(zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).tobytes()), '08x')
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {name: format(zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).tobytes()), '08x')
+          for name, leaf in _named_leaves(tree)}
 
 
 def _first_checksum_mismatch(tree: PyTree, expected: dict[str, str]) -> str | None:
