@@ -16,6 +16,8 @@ PRIORS = ('standard', 'scale')
 VAE_LOSS_SPACES = ('scale', 'x0')
 # Per-pixel weights of the reverse loss: 'none' (eq. 15) or 'min_snr' (schedules.min_snr_weight).
 LOSS_WEIGHTINGS = ('none', 'min_snr')
+# Scale fed to the reverse model in training (losses.get_reverse_loss_fn).
+SCALE_SOURCES = ('vae', 'vae_at_T', 'true')
 
 # Named bundles of sampler settings. 'paper' is Algorithm 1 taken literally (one network call,
 # fresh noise eta=1, no clipping, x_T ~ N(0, I)). 'consistent' starts from the distribution x_T
@@ -58,9 +60,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'diffusion.gamma must be > 0, got {d.gamma!r}')
     if d.target not in TARGETS:
       raise ValueError(f'diffusion.target must be one of {TARGETS}, got {d.target!r}')
-    if d.scale_source not in ('vae', 'vae_at_T', 'true'):
-      raise ValueError(f"diffusion.scale_source must be 'vae', 'vae_at_T' or 'true', "
-                       f"got {d.scale_source!r}")
+    if d.scale_source not in SCALE_SOURCES:
+      raise ValueError(f'diffusion.scale_source must be one of {SCALE_SOURCES}, '
+                       f'got {d.scale_source!r}')
     if not d.get('diagonal_weight', 1.0) > 0:
       raise ValueError(f'diffusion.diagonal_weight must be > 0, got {d.diagonal_weight!r}')
     weighting = d.get('loss_weighting', 'none')

@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from pixdiff_jax import models, schedules
-from pixdiff_jax.config_utils import LOSS_WEIGHTINGS, VAE_LOSS_SPACES
+from pixdiff_jax.config_utils import LOSS_WEIGHTINGS, SCALE_SOURCES, VAE_LOSS_SPACES
 from pixdiff_jax.samplers import TARGETS as _TARGETS
 
 __all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
@@ -33,8 +33,6 @@ __all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
 PyTree = Any
 Metrics = dict[str, Array]
 LossFn = Callable[..., tuple[Array, Metrics]]
-
-_SCALE_SOURCES = ('vae', 'vae_at_T', 'true')
 
 
 def _uniform_steps(rng: jax.Array, batch_size: int, num_steps: int) -> Int[Array, 'B']:
@@ -214,9 +212,9 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
   gamma, num_steps = float(d.gamma), int(d.num_steps)
   if d.target not in _TARGETS:
     raise ValueError(f'diffusion.target={d.target!r} is unknown; known: {list(_TARGETS)}')
-  if d.scale_source not in _SCALE_SOURCES:
+  if d.scale_source not in SCALE_SOURCES:
     raise ValueError(f'diffusion.scale_source={d.scale_source!r} is unknown; known: '
-                     f'{list(_SCALE_SOURCES)}')
+                     f'{list(SCALE_SOURCES)}')
   if d.scale_source != 'true' and vae is None:
     raise ValueError(f'diffusion.scale_source={d.scale_source!r} needs the stage-1 VAE: pass vae=')
   if getattr(model, 'num_heads', num_steps) != num_steps:
