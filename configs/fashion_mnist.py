@@ -9,9 +9,9 @@ instead of 3% below the VAE's own prior samples; the 1-2 call samplers and the c
 did not improve; with the earlier eps-like heads gamma = 4 had beaten 10, section 3.5); every
 head conditioned on the VAE's estimate from the chain's ``x_T`` (``scale_source='vae_at_T'``,
 as the sampler's scale prior: candidate C7, better than ``G(x_i, i)`` with 1, 2 and 10 calls;
-C8 combines the two); heads that predict the clean image (``target='x0'``: the paper's eps-like cumulative target left
-speckled interiors after 1000 steps) with the diagonal head weighted 5x; the VAE fitted in image
-space (``vae.loss_space='x0'``: the scale-space MSE hardly sees bright pixels) with a KL weight
+C8 combines the two); heads that predict the clean image (``target='x0'``: the paper's eps-like
+cumulative target left speckled interiors after 1000 steps) with the diagonal head weighted
+5x; the VAE fitted in image space (``vae.loss_space='x0'``: the scale-space MSE hardly sees bright pixels) with a KL weight
 of 1 (a Gaussian decoder of std 0.7 per pixel: the weaker 1e-3 left holes in the latent space,
 and its prior samples were blobs); a high learning rate with a short warmup, EMA warm-up.
 Sampling: the ``consistent`` preset with one network call per step. Data: the Debian package

@@ -35,7 +35,8 @@ from jaxtyping import Array, ArrayLike, Float
 
 __all__ = [
     'image_scale', 'log_image_scale', 'alpha', 'beta', 'alpha_bar', 'one_minus_alpha_bar',
-    'btilde', 'posterior_mean_coefs', 'pixel_snr', 'min_snr_weight', 'kl_to_standard_normal', 'q_sample',
+    'btilde', 'posterior_mean_coefs', 'pixel_snr', 'min_snr_weight', 'kl_to_standard_normal',
+    'q_sample',
     'forward_chain', 'chain_targets', 'increment_scale', 'x0_from_scale',
     'linear_alphas_cumprod', 'cosine_alphas_cumprod', 'vp_log_alpha', 'vp_sigma', 'vp_lambda',
     'vp_inverse_lambda', 'check_pixel_aware_args',
