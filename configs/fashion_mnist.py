@@ -14,7 +14,8 @@ C8 combines the two); heads that predict the clean image (``target='x0'``: the p
 cumulative target left speckled interiors after 1000 steps) with the diagonal head weighted
 5x; the VAE fitted in image space (``vae.loss_space='x0'``: the scale-space MSE hardly sees
 bright pixels) with a KL weight of 1 (a Gaussian decoder of std 0.7 per pixel: the weaker 1e-3
-left holes in the latent space, and its prior samples were blobs); a high learning rate with a short warmup, EMA warm-up.
+left holes in the latent space, and its prior samples were blobs); a high learning rate with a
+short warmup, EMA warm-up.
 Sampling: the ``consistent`` preset with one network call per step. Data: the Debian package
 ``dataset-fashion-mnist`` (28x28 padded to 32x32).
 """
