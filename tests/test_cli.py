@@ -38,7 +38,8 @@ def test_smoke_trains_resumes_and_samples(smoke_workdir):
   records = [json.loads(line) for line in lines]
   assert {r['stage'] for r in records} == {'vae', 'reverse'}
   assert all(np.isfinite(r['loss']) for r in records)
-  assert (workdir / 'samples' / 'reverse_step0000006.png').exists()
+  for stage in ('vae', 'reverse'):  # each stage's final snapshot grid
+    assert (workdir / 'samples' / f'{stage}_step0000006.png').exists()
   # The end of training names what was written (stderr; not a terminal here, so no bar).
   assert f'checkpoints   {workdir}/checkpoints/reverse/6  (stage reverse, step 6)' in run.stderr
   assert f'metrics.jsonl {workdir}/metrics.jsonl' in run.stderr
