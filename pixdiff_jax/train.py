@@ -219,23 +219,35 @@ class _Signal(KeyboardInterrupt):
 
 
 class _Interrupt:
-  """Turns SIGTERM into KeyboardInterrupt so that a killed job writes its checkpoint."""
+  """SIGINT / SIGTERM during training: the first one is recorded and acted on between two steps
+  (:meth:`check`), so that it never lands inside a checkpoint write (an asynchronous
+  KeyboardInterrupt there could leave the checkpointer's threads waiting on each other); a second
+  one raises at once."""
+
+  _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
   def __enter__(self):
-    self._old = None
+    self.signum, self._old = None, {}
     try:
-      self._old = signal.signal(signal.SIGTERM, self._raise)
-    except ValueError:  # not in the main thread
+      for s in self._SIGNALS:
+        self._old[s] = signal.signal(s, self._record)
+    except ValueError:  # not in the main thread: Python's defaults stay
       pass
     return self
 
-  @staticmethod
-  def _raise(signum, frame):
-    raise _Signal(signum)
+  def _record(self, signum, frame):
+    if self.signum is not None:
+      raise _Signal(signum)
+    self.signum = signum
+
+  def check(self):
+    """Raises :class:`_Signal` if a signal arrived since the last check."""
+    if self.signum is not None:
+      raise _Signal(self.signum)
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for s, old in self._old.items():
+      signal.signal(s, old)
     return False
 
 
@@ -323,8 +335,9 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
     return None
 
   try:
-    with _Interrupt():
+    with _Interrupt() as interrupt:
       while step < stage.num_steps:
+        interrupt.check()
         k = min(k_max, stage.num_steps - step)
         block = np.stack([next(batches) for _ in range(k)], axis=1)  # [D, k, b, H, W, C]
         p_state, metrics = p_train_step(p_state, block, key, p_aux)
@@ -358,10 +371,12 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
         if (stage.snapshot_fn is not None and is_main and t.snapshot_every > 0
             and (done or step % t.snapshot_every < k)):
           _snapshot(workdir, stage, flax.jax_utils.unreplicate(p_state.ema_params), key, step)
+      interrupt.check()  # a signal during the last step: the stage is finished and saved
   except KeyboardInterrupt as interrupt:
     signum = getattr(interrupt, 'signum', signal.SIGINT)
     try:
-      why_not = save_if_good(step)
+      # Not twice: the step's checkpoint may be the one just written (or the one resumed from).
+      why_not = None if good_step == step else save_if_good(step)
       ckpt.wait()
       written = ckpt.step_dir(step) if why_not is None else None
       note = (f'checkpoint written: {written}' if why_not is None else

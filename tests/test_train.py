@@ -1,5 +1,6 @@
 """Training loop: pmap == single-device step, checkpoint round trip, exact resume after a crash."""
 import os
+import signal
 
 import flax.jax_utils
 import jax
@@ -143,3 +144,19 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
   train.train(config, workdir, hooks=[lambda s, k: calls.append((s, k))])
   assert calls == []
   assert os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+
+
+def test_a_signal_is_acted_on_between_steps_and_a_second_one_at_once():
+  """The first SIGINT / SIGTERM only sets a flag (it must not land inside a checkpoint write);
+  ``check()`` between steps raises it; a second signal raises immediately; handlers restored."""
+  before = signal.getsignal(signal.SIGINT)
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    with train._Interrupt() as interrupt:  # pylint: disable=protected-access
+      os.kill(os.getpid(), signum)  # delivered to the main thread before kill() returns
+      assert interrupt.signum == signum
+      with pytest.raises(KeyboardInterrupt) as raised:
+        interrupt.check()
+      assert raised.value.signum == signum
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signum)
+  assert signal.getsignal(signal.SIGINT) is before
