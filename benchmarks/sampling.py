@@ -4,7 +4,7 @@
         [--batch_size 8] [--repeats 5] [--only x0_jump_K10,ddim_10] [--config.x=y ...]
 
 Speed needs no training: the networks of ``--config`` (the scale VAE and the T-headed U-Net)
-and the one-head U-Net on the same backbone (``config_utils.one_head_baseline_config``: DDPM's
+and the one-head U-Net on the same backbone (``config_lib.one_head_baseline_config``: DDPM's
 linear schedule with ``--ddpm_steps`` steps) are initialised at random, and every sampler runs
 through the public ``pixdiff_jax.get_sample_fn`` in this one process:
 
@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 import bench_util
 import pixdiff_jax
-from pixdiff_jax import config_utils, models
+from pixdiff_jax import config as config_lib, models
 
 config_flags.DEFINE_config_file('config', None, 'pixel-aware config file (configs/*.py)',
                                 lock_config=True)
@@ -83,7 +83,7 @@ def main(_):
           'one-head baseline is built from its backbone', file=sys.stderr)
     sys.exit(2)
   ddpm_name = f'ddpm_{FLAGS.ddpm_steps}'
-  baseline_config = config_utils.one_head_baseline_config(config, num_steps=FLAGS.ddpm_steps)
+  baseline_config = config_lib.one_head_baseline_config(config, num_steps=FLAGS.ddpm_steps)
   configs = {'pixel_aware': config, 'baseline': baseline_config}
   variables = random_variables(config, baseline_config)
   specs = sampler_settings(config.diffusion.num_steps, FLAGS.ddpm_steps)

@@ -6,7 +6,7 @@
 Stages, all at ``training.batch_size`` with randomly initialised networks and random images
 (speed needs no data): ``vae`` (stage 1), ``reverse`` (the T-headed U-Net with the frozen VAE's
 pass inside every step) and ``baseline`` (the one-head U-Net on the same backbone,
-``config_utils.one_head_baseline_config``, DDPM's loss). Each is the train step of
+``config_lib.one_head_baseline_config``, DDPM's loss). Each is the train step of
 ``pixdiff_jax.train.get_p_train_step`` (optimiser, EMA and all), compiled ahead of time.
 
 Per row: ``seconds_per_step`` (median of ``--steps`` timed dispatches after one warm-up, divided
@@ -33,8 +33,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
-from pixdiff_jax import config_utils, models, train
-from pixdiff_jax.train_state import create_train_state, make_optimizer
+from pixdiff_jax import config as config_lib, models
+from pixdiff_jax.training import trainer
+from pixdiff_jax.training.state import create_train_state, make_optimizer
 
 config_flags.DEFINE_config_file('config', None, 'pixel-aware config file (configs/*.py)',
                                 lock_config=True)
@@ -61,14 +62,14 @@ def random_batch(config, rng: np.random.Generator) -> np.ndarray:
   return rng.uniform(lo, 1.0, shape).astype(np.float32)
 
 
-def measure_stage(config, stage: train.Stage, params, num_dispatches: int) -> dict:
+def measure_stage(config, stage: trainer.Stage, params, num_dispatches: int) -> dict:
   """Compiles and times ``stage``'s train step from ``params``; returns its row."""
   t = config.training
   tx = make_optimizer(config.optim)
   state = jax.jit(lambda p: create_train_state(p, tx))(params)
   p_state = flax.jax_utils.replicate(state)
   p_aux = flax.jax_utils.replicate(stage.aux)
-  step_fn = train.get_p_train_step(stage.loss_fn, tx, ema_decay=t.ema_decay,
+  step_fn = trainer.get_p_train_step(stage.loss_fn, tx, ema_decay=t.ema_decay,
                                    ema_warmup=t.ema_warmup)
   block = random_batch(config, np.random.default_rng(0))
   key = jax.random.PRNGKey(1)
@@ -107,8 +108,8 @@ def main(_):
     print(f'error: --stages names unknown stages {sorted(unknown)}; known: {list(STAGES)}',
           file=sys.stderr)
     sys.exit(2)
-  config_utils.validate_config(config)
-  baseline_config = config_utils.one_head_baseline_config(config, num_steps=FLAGS.ddpm_steps)
+  config_lib.validate_config(config)
+  baseline_config = config_lib.one_head_baseline_config(config, num_steps=FLAGS.ddpm_steps)
   device = bench_util.device_name()
   dtype = f"vae {config.vae.get('dtype', 'float32')}, model {config.model.get('dtype', 'float32')}"
   print(f'# training, {device}, batch {config.training.batch_size}, '
@@ -118,12 +119,12 @@ def main(_):
   rows, failed = [], []
   for name in dict.fromkeys(FLAGS.stages):  # in the order given
     if name == 'baseline':
-      stage = train.build_stage(baseline_config, 'ddpm')
+      stage = trainer.build_stage(baseline_config, 'ddpm')
       stage.name = 'baseline'
       cfg = baseline_config
       params = models.random_params(models.build_reverse_model(cfg), cfg, seed=2)
     else:
-      stage = train.build_stage(config, name, vae_params=vae_params)
+      stage = trainer.build_stage(config, name, vae_params=vae_params)
       cfg = config
       params = (vae_params if name == 'vae' else
                 models.random_params(models.build_reverse_model(cfg), cfg, seed=1))

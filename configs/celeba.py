@@ -7,7 +7,7 @@ Data: CelebA's ``img_align_celeba.zip`` or the folder it unpacks to (``--config.
 read without TensorFlow, or a prepared TFDS dataset with ``--config.data.dataset=tfds:celeb_a``;
 either way centre-cropped to 140x140 and resized to 128x128 (``data.center_crop``).
 """
-from pixdiff_jax.config_utils import sibling_config
+from pixdiff_jax.config import sibling_config
 
 
 def get_config():

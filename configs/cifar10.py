@@ -7,8 +7,8 @@ Data: the standard python archive ``cifar-10-python.tar.gz`` (``--config.data.pa
 ``--config.data.download=True`` fetches it there, md5-checked), read without TensorFlow; or a
 prepared TFDS dataset with ``--config.data.dataset=tfds:cifar10`` (see README).
 """
-from pixdiff_jax.cifar10_archive import CIFAR10_MD5
-from pixdiff_jax.config_utils import sibling_config
+from pixdiff_jax.config import sibling_config
+from pixdiff_jax.data.cifar10_archive import CIFAR10_MD5
 
 
 def get_config():

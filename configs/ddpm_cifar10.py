@@ -5,7 +5,7 @@ Built on ``configs/cifar10.py``: the data section (dataset, path, flips) and the
 are shared; only the method, the schedule, the one-head model and the training/sampling
 settings of Ho et al. differ.
 """
-from pixdiff_jax.config_utils import sibling_config
+from pixdiff_jax.config import sibling_config
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """DDPM baseline on Fashion-MNIST: the backbone of ``fashion_mnist.py`` with one epsilon head,
 linear betas 1e-4..0.02, T = 1000, data in [-1, 1] (Ho et al. 2020), trained for the main
 job's wall-clock budget on 2 CPU cores."""
-from pixdiff_jax.config_utils import sibling_config
+from pixdiff_jax.config import sibling_config
 
 
 def get_config():

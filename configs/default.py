@@ -139,7 +139,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- evaluation (--mode eval)
   ev = config.eval = ml_collections.ConfigDict()
-  # Comma-separated sampler settings (pixdiff_jax/evaluation.py, parse_setting); '' = the
+  # Comma-separated sampler settings (pixdiff_jax/evaluation/evaluator.py, parse_setting); '' = the
   # method's default list: pixel-aware 'paper,consistent,x0_jump_K1,x0_jump_K2,x0_jump_K5,
   # x0_jump_KT,vae_prior'; DDPM 'ddpm,ddim_10,ddim_20,ddim_50,ddim_100,dpm_solver_10,
   # dpm_solver_20'.

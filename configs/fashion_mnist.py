@@ -19,7 +19,7 @@ prior samples were blobs); a high learning rate with a short warmup, EMA warm-up
 Sampling: the ``consistent`` preset with one network call per step. Data: the Debian package
 ``dataset-fashion-mnist`` (28x28 padded to 32x32).
 """
-from pixdiff_jax.config_utils import sibling_config
+from pixdiff_jax.config import sibling_config
 
 
 def get_config():

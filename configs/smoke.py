@@ -4,7 +4,7 @@ For tests and quick checks; the samples mean nothing. Measured on 2 CPU cores: t
 and ``--mode sample`` 7 s with the XLA compilation cache warm for these shapes; 121 s and 14 s
 with an empty cache (compilation dominates).
 """
-from pixdiff_jax.config_utils import sibling_config
+from pixdiff_jax.config import sibling_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ Public API (docs/design.md section 1, "Public functions")::
     pixdiff_jax.get_sample_fn(config, *, batch_size, sampler='parallel', **overrides)
     pixdiff_jax.load_sampler(workdir, **overrides)
 """
-from pixdiff_jax import samplers, schedules
+from pixdiff_jax.diffusion import samplers, schedules
 
 __version__ = '0.1.0'
 

@@ -1,5 +1,5 @@
 """Random, deterministic weights in pytorch-fid's Inception state-dict layout (tests and
-benchmarks/make_inception_fixture.py share them, so the fixture needs no weight file)."""
+tests/data/make_inception_fixture.py share them, so the fixture needs no weight file)."""
 from __future__ import annotations
 
 import jax

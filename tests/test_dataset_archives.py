@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixdiff_jax import celeba_images, cifar10_archive, data
+from pixdiff_jax import data
+from pixdiff_jax.data import celeba_images, cifar10_archive
 
 
 def _random_u8(shape, seed):
@@ -214,13 +215,13 @@ def test_celeba_bad_input_names_the_file(tmp_path):
 
 def test_configs_read_the_archives_without_tensorflow():
   """configs/cifar10.py and configs/celeba.py name the TensorFlow-free readers."""
-  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   root = pathlib.Path(__file__).resolve().parents[1] / 'configs'
-  c10 = config_utils.load_config_file(str(root / 'cifar10.py'))
+  c10 = config_lib.load_config_file(str(root / 'cifar10.py'))
   assert (c10.data.dataset, c10.data.md5) == ('cifar10', 'c58f30108f718f92721af3b95e74349a')
-  celeba = config_utils.load_config_file(str(root / 'celeba.py'))
+  celeba = config_lib.load_config_file(str(root / 'celeba.py'))
   assert (celeba.data.dataset, celeba.data.center_crop) == ('celeba', 140)
-  ddpm = config_utils.load_config_file(str(root / 'ddpm_cifar10.py'))
+  ddpm = config_lib.load_config_file(str(root / 'ddpm_cifar10.py'))
   assert ddpm.data == c10.data and ddpm.method == 'ddpm'
   for field in ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout'):
     assert ddpm.model[field] == c10.model[field], field

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from pixdiff_jax import distributed
+from pixdiff_jax.utils import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')

@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pixdiff_jax import config_utils, evaluation, figures
+from pixdiff_jax import config as config_lib, evaluation
+from pixdiff_jax.evaluation import evaluator, figures
 from test_cli import FMNIST, ROOT, _main as _run_main
 
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
@@ -19,7 +20,7 @@ def _main(*args):
 
 
 def _smoke_config():
-  return config_utils.load_config_file(str(ROOT / 'configs' / 'smoke.py'))
+  return config_lib.load_config_file(str(ROOT / 'configs' / 'smoke.py'))
 
 
 # ---------------------------------------------------------------------------- fast unit tests
@@ -32,7 +33,7 @@ def test_setting_names_resolve_to_sampler_overrides():
   assert evaluation.parse_setting('vae_prior', config).overrides is None
   ancestral = evaluation.parse_setting('x0_jump_KT_eta1', config)
   assert ancestral.overrides == {'preset': 'consistent', 'network_calls': 8, 'eta': 1.0}
-  settings = config_utils.sampler_settings(config, **ancestral.overrides)
+  settings = config_lib.sampler_settings(config, **ancestral.overrides)
   assert (settings['eta'], settings['network_calls'], settings['update']) == (1.0, 8, 'x0_jump')
   assert evaluation.parse_setting('x0_jump_K2_eta0.5', config).overrides['eta'] == 0.5
   names = [s.name for s in evaluation.settings_for(config, evaluation.default_eval_config())]
@@ -64,7 +65,7 @@ def test_tables_never_show_nan():
   row = {k: 1.0 for k in evaluation.RESULT_COLUMNS}
   row.update(setting='a', sampler='b', fid=None, fid_floor=None, fd_efflite0=float('nan'))
   with pytest.raises(ValueError, match='non-finite'):
-    evaluation._row_cells(row)
+    evaluator._row_cells(row)
 
 
 def test_ssim_identities():
@@ -100,7 +101,7 @@ def _error_line(run):
 def test_eval_of_a_workdir_that_was_never_trained(tmp_path):
   run = _main('--mode', 'eval', '--workdir', str(tmp_path / 'nothing'))
   assert 'config.json not found' in _error_line(run)
-  config_utils.save_config(_smoke_config(), str(tmp_path / 'w'))  # config, no checkpoints
+  config_lib.save_config(_smoke_config(), str(tmp_path / 'w'))  # config, no checkpoints
   run = _main('--mode', 'eval', '--workdir', str(tmp_path / 'w'))
   assert "no checkpoint of stage 'vae'" in _error_line(run)
   run = _main('--mode', 'compare', '--workdirs', str(tmp_path / 'w'),

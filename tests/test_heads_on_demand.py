@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from nets_testutil import jit_apply, numpy_init, tiny_config
-from pixdiff_jax import losses, models, samplers, sampling
+from pixdiff_jax import models, sampling
+from pixdiff_jax.diffusion import samplers
+from pixdiff_jax.training import losses
 
 B, S, C, T = 4, 8, 3, 8
 
@@ -104,7 +106,7 @@ def test_sample_fn_x0_jump_matches_all_heads_sampler(thead):
   # The same sampler by hand with every head evaluated (model_fn only).
   k_prior, k_xt, k_loop = jax.random.split(jax.random.key(4), 3)
   xd = models.vae_decode_prior(vae, variables['vae'], k_prior, B, num_steps=T)
-  from pixdiff_jax import schedules  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
   noise = jax.random.normal(k_xt, (B, S, S, C))
   x_T = (jnp.sqrt(schedules.alpha_bar(xd, T, T)) * schedules.x0_from_scale(xd, 4.0)
          + jnp.sqrt(schedules.one_minus_alpha_bar(xd, T, T)) * noise)

@@ -9,7 +9,9 @@ import optax
 import pytest
 
 from nets_testutil import jit_apply, numpy_init, tiny_config
-from pixdiff_jax import losses, models, schedules
+from pixdiff_jax import models
+from pixdiff_jax.diffusion import schedules
+from pixdiff_jax.training import losses
 
 B, S, C, T = 4, 8, 3, 8
 GAMMA = 4.0  # tiny_config's diffusion.gamma

@@ -15,10 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from pixdiff_jax import data as data_lib
-from pixdiff_jax import metrics
-from pixdiff_jax.metrics import efficientnet_lite, torch_pickle, weights
-from pixdiff_jax.metrics import __main__ as metrics_cli
+from pixdiff_jax import data as data_lib, metrics
+from pixdiff_jax.metrics import __main__ as metrics_cli, efficientnet_lite, torch_pickle, weights
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / 'tests' / 'data' / 'efflite0_features.npz'
@@ -153,7 +151,7 @@ def test_reader_refuses_other_globals(tmp_path):
 
 
 def test_flax_port_matches_pytorch_fixture(ex, fixture):
-  """The pinned features (benchmarks/make_efflite0_fixture.py, original PyTorch model)."""
+  """The pinned features (tests/data/make_efflite0_fixture.py, original PyTorch model)."""
   assert ex.name == 'efflite0' and ex.dim == 1280 and len(ex.weights_hash) == 64
   for kind, crop in (('grey', int(fixture['grey_crop_to'])), ('rgb', None)):
     got = ex(fixture[f'{kind}_images'], crop_to=crop)

@@ -1,7 +1,7 @@
 """Tests of FID proper's InceptionV3 (pytorch-fid's network) in Flax, with random weights.
 
 The real weight file cannot be downloaded here; the fixture tests/data/inception_features.npz was
-made by pytorch-fid's own model (benchmarks/make_inception_fixture.py) with the deterministic
+made by pytorch-fid's own model (tests/data/make_inception_fixture.py) with the deterministic
 random weights of metrics_testutil, so it pins the architecture, the weight mapping and the
 resize-to-299 pipeline.
 """

@@ -363,27 +363,27 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
 
 
 def test_compute_dtype_errors_and_does_not_block_resuming():
-  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.model.dtype = 'float16'
   with pytest.raises(ValueError, match='model.dtype'):
     models.validate_config(config)
   stored, new = tiny_config(), tiny_config()
   new.model.dtype = new.vae.dtype = 'bfloat16'
-  config_utils.check_compatible(stored, new)  # another compute dtype: same parameters
+  config_lib.check_compatible(stored, new)  # another compute dtype: same parameters
   old = ml_collections.ConfigDict(stored.to_dict())
   with old.unlocked():
     del old.model['dtype'], old.vae['dtype']  # a config.json written before the field existed
-  config_utils.check_compatible(old, stored)
+  config_lib.check_compatible(old, stored)
   new.model.ch = 16
   with pytest.raises(ValueError, match='model'):
-    config_utils.check_compatible(stored, new)
+    config_lib.check_compatible(stored, new)
 
 
 def test_one_head_baseline_config_shares_the_backbone():
-  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config()
-  base = config_utils.one_head_baseline_config(config, num_steps=1000)
+  base = config_lib.one_head_baseline_config(config, num_steps=1000)
   assert config.method == 'pixel_aware' and config.diffusion.num_steps == T  # unchanged
   assert base.method == 'ddpm' and base.diffusion.num_steps == 1000
   assert isinstance(models.build_reverse_model(base), models.UNet)
@@ -408,26 +408,26 @@ def test_random_params_have_the_init_shapes():
 
 
 def test_loss_weighting_config_errors_and_does_not_block_resuming():
-  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.diffusion.loss_weighting = 'snr'
   with pytest.raises(ValueError, match='diffusion.loss_weighting'):
-    config_utils.validate_config(config)
+    config_lib.validate_config(config)
   config = tiny_config()
   config.diffusion.loss_weighting = 'min_snr'
   config.diffusion.target = 'increment'
   with pytest.raises(ValueError, match="loss_weighting='min_snr' needs diffusion.target"):
-    config_utils.validate_config(config)
+    config_lib.validate_config(config)
   config.diffusion.target = 'x0'
   config.diffusion.min_snr_gamma = 0.0
   with pytest.raises(ValueError, match='diffusion.min_snr_gamma'):
-    config_utils.validate_config(config)
+    config_lib.validate_config(config)
   config.diffusion.min_snr_gamma = 5.0
-  config_utils.validate_config(config)
+  config_lib.validate_config(config)
   stored = tiny_config()
   stored.diffusion.target = 'x0'
-  config_utils.check_compatible(stored, config)  # another loss weighting: same parameters
+  config_lib.check_compatible(stored, config)  # another loss weighting: same parameters
   old = ml_collections.ConfigDict(stored.to_dict())
   with old.unlocked():
     del old.diffusion['loss_weighting'], old.diffusion['min_snr_gamma']  # written before them
-  config_utils.check_compatible(old, config)
+  config_lib.check_compatible(old, config)

@@ -3,7 +3,7 @@ import io
 
 from tqdm import tqdm
 
-from pixdiff_jax import progress
+from pixdiff_jax.utils import progress
 
 
 def test_plain_lines_every_n_and_at_the_end():

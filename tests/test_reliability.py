@@ -21,7 +21,8 @@ from jax.experimental import checkify
 from PIL import Image
 
 from cli_testutil import ROOT, error_lines, main_cmd, main_env, run_main
-from pixdiff_jax import checkpointing, config_utils, data, sampling
+from pixdiff_jax import config as config_lib, data, sampling
+from pixdiff_jax.training import checkpointing
 
 
 # ---------------------------------------------------------------------------- import graph
@@ -93,11 +94,11 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_package_import_graph_has_no_cycle():
   graph = _import_graph()
-  assert 'pixdiff_jax.checkpointing' in graph['pixdiff_jax.sampling']
-  assert 'pixdiff_jax.checkpointing' in graph['pixdiff_jax.train']
-  assert 'pixdiff_jax.train' not in graph['pixdiff_jax.sampling']
+  assert 'pixdiff_jax.training.checkpointing' in graph['pixdiff_jax.sampling.sample_fn']
+  assert 'pixdiff_jax.training.checkpointing' in graph['pixdiff_jax.training.trainer']
+  assert 'pixdiff_jax.training.trainer' not in graph['pixdiff_jax.sampling.sample_fn']
   assert _find_cycle(graph) is None, _find_cycle(graph)
-  run = subprocess.run(['python', '-c', 'import pixdiff_jax.sampling, pixdiff_jax.train'],
+  run = subprocess.run(['python', '-c', 'import pixdiff_jax.sampling, pixdiff_jax.training.trainer'],
                        cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
 
@@ -145,7 +146,7 @@ DAMAGE = ['truncated data file', 'overwritten bytes', 'wrong checksum', 'missing
 
 @pytest.mark.parametrize('kind', DAMAGE)
 def test_unreadable_latest_checkpoint_is_moved_aside_and_the_older_one_used(smoke_copy, kind):
-  config = config_utils.load_config(smoke_copy)
+  config = config_lib.load_config(smoke_copy)
   stage_dir = smoke_copy / 'checkpoints' / 'reverse'
   _damage(stage_dir / '6', kind)
   warnings = []
@@ -165,7 +166,7 @@ def test_unreadable_latest_checkpoint_is_moved_aside_and_the_older_one_used(smok
 
 
 def test_no_readable_checkpoint_names_every_step(smoke_copy):
-  config = config_utils.load_config(smoke_copy)
+  config = config_lib.load_config(smoke_copy)
   stage_dir = smoke_copy / 'checkpoints' / 'vae'
   _damage(stage_dir / '6', 'missing item folder')
   _damage(stage_dir / '4', 'truncated data file')
@@ -176,7 +177,7 @@ def test_no_readable_checkpoint_names_every_step(smoke_copy):
 
 
 def test_config_mismatch_is_named_as_such_and_nothing_is_moved(smoke_copy):
-  config = config_utils.load_config(smoke_copy)
+  config = config_lib.load_config(smoke_copy)
   config.model.ch = 16
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match='does not match the network built from this config'):
@@ -197,7 +198,7 @@ def test_train_mode_resumes_from_the_newest_readable_checkpoint(smoke_workdir, s
     assert (ckpts / f'{stage}-broken' / '6').is_dir()
     assert sorted(os.listdir(ckpts / stage)) == ['4', '6']
   # Resuming at 4 replays the same batches and randomness: the new step 6 equals the original.
-  config = config_utils.load_config(smoke_copy)
+  config = config_lib.load_config(smoke_copy)
   for stage in ('vae', 'reverse'):
     new, step = checkpointing.load_stage(config, smoke_copy, stage)
     old, _ = checkpointing.load_stage(config, smoke_workdir, stage)
@@ -243,7 +244,7 @@ def test_huge_learning_rate_stops_with_one_line(tmp_path, extra, why):
   step = int(err[0].split('diverged at step ')[1].split(':')[0])
   assert all(s < step for s in steps)  # nothing saved once updates were skipped
   assert 6 not in steps  # the stage is not marked finished
-  config = config_utils.load_config(workdir)
+  config = config_lib.load_config(workdir)
   for s in steps:  # every checkpoint that was written holds finite values (restore checks)
     ckpt = checkpointing.StageCheckpointer(workdir, 'vae', read_only=True)
     ckpt.restore(checkpointing.abstract_train_state(config, 'vae'), s)
@@ -258,9 +259,9 @@ def test_a_run_that_fails_before_training_does_not_claim_the_workdir(tmp_path):
   assert run.returncode == 2 and 'mnist' in error_lines(run.stderr)[0], run.stderr[-2000:]
   assert not (workdir / 'config.json').exists()
   # A config.json with no checkpoint (e.g. from an older version) is replaced, with a notice.
-  other = config_utils.load_config_file(str(ROOT / 'configs' / 'smoke.py'))
+  other = config_lib.load_config_file(str(ROOT / 'configs' / 'smoke.py'))
   other.model.ch = 16
-  config_utils.save_config(other, str(workdir))
+  config_lib.save_config(other, str(workdir))
   run = run_main('--config', 'configs/smoke.py', '--workdir', workdir, *missing)
   assert run.returncode == 2, run.stderr[-2000:]
   assert f'replacing {workdir}/config.json: no checkpoint was written with it' in run.stderr
@@ -403,7 +404,7 @@ def test_to_uint8_refuses_nan_and_inf():
 
 def test_variables_of_another_config_are_named_as_such(smoke_copy):
   _, variables = sampling.load_sampler(smoke_copy)
-  other = config_utils.load_config(smoke_copy)
+  other = config_lib.load_config(smoke_copy)
   other.model.ch = 16
   fn = sampling.get_sample_fn(other, batch_size=1)
   with pytest.raises(ValueError, match=r"variables\['reverse'\] do not match the network this "

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixdiff_jax import samplers, schedules
+from pixdiff_jax.diffusion import samplers, schedules
 
 EPS = 4e-3
 F64 = np.float64

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixdiff_jax import schedules
+from pixdiff_jax.diffusion import schedules
 
 EPS = 4e-3
 SETTINGS = [(20.0, 200), (50.0, 500), (3.0, 7)]  # (gamma, T): CIFAR-10, CelebA, tiny

@@ -9,15 +9,16 @@ import numpy as np
 import optax
 import pytest
 
-from pixdiff_jax import checkpointing, config_utils, train
-from pixdiff_jax.train_state import create_train_state, make_optimizer
+from pixdiff_jax import config as config_lib
+from pixdiff_jax.training import checkpointing, trainer
+from pixdiff_jax.training.state import create_train_state, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(jax.local_device_count() < 2, reason='needs 2 CPU devices')
 
 
 def _config(**training):
-  config = config_utils.load_config_file(os.path.join(ROOT, 'configs', 'smoke.py'))
+  config = config_lib.load_config_file(os.path.join(ROOT, 'configs', 'smoke.py'))
   config.data.max_examples = 64
   # Smaller than smoke.py where it does not change the code path: compile time dominates here.
   config.diffusion.num_steps = 4
@@ -39,13 +40,13 @@ def test_pmap_step_equals_single_device_step():
   keep the suite's compile time down (its single-device path runs in the resume test).
   """
   config = _config()
-  stage = train.build_stage(config, 'vae')
+  stage = trainer.build_stage(config, 'vae')
   tx = make_optimizer(config.optim)
   state = create_train_state(jax.jit(stage.init_params)(jax.random.PRNGKey(0)), tx)
   key = jax.random.PRNGKey(7)
   x0 = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 32, 32, 1), minval=4e-3, maxval=1.0)
 
-  p_step = train.get_p_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=False)
+  p_step = trainer.get_p_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=False)
   p_state, _ = p_step(flax.jax_utils.replicate(state), x0[:, None], key,
                       flax.jax_utils.replicate(stage.aux))
   got = flax.jax_utils.unreplicate(p_state)
@@ -68,12 +69,12 @@ def test_train_step_compiles_once_across_steps():
   """Steps 2, 3, 4 (new batches, advanced state) reuse step 1's executable: nothing is traced,
   lowered or compiled again (counted with jax.monitoring's compile events)."""
   config = _config()
-  stage = train.build_stage(config, 'vae')
+  stage = trainer.build_stage(config, 'vae')
   tx = make_optimizer(config.optim)
   state = create_train_state(jax.jit(stage.init_params)(jax.random.PRNGKey(0)), tx)
-  p_step = train.get_p_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=True)
-  p_state = train.replicate_for_step(state)
-  aux = train.replicate_for_step(stage.aux)
+  p_step = trainer.get_p_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=True)
+  p_state = trainer.replicate_for_step(state)
+  aux = trainer.replicate_for_step(stage.aux)
   key = jax.random.PRNGKey(3)
   rs = np.random.RandomState(0)
   batches = [rs.uniform(4e-3, 1.0, (2, 1, 4, 32, 32, 1)).astype(np.float32) for _ in range(4)]
@@ -99,7 +100,7 @@ def test_train_step_compiles_once_across_steps():
 
 def test_checkpoint_round_trip_is_bit_identical(tmp_path):
   config = _config()
-  stage = train.build_stage(config, 'vae')
+  stage = trainer.build_stage(config, 'vae')
   tx = make_optimizer(config.optim)
   state = create_train_state(jax.jit(stage.init_params)(jax.random.PRNGKey(0)), tx)
   state = state.replace(step=jnp.asarray(5, jnp.int32), ema_params=jax.tree_util.tree_map(
@@ -125,7 +126,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
   run ends: same data order, same per-step randomness, optimiser and EMA state restored."""
   config = _config(vae_steps=2, reverse_steps=4, checkpoint_every=100, snapshot_every=0,
                    log_every=2, steps_per_dispatch=1)
-  full = train.train(config, str(tmp_path / 'full'))
+  full = trainer.train(config, str(tmp_path / 'full'))
 
   def crash_at_reverse_step_2(stage, step):
     if stage == 'reverse' and step == 2:
@@ -133,15 +134,15 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
 
   workdir = str(tmp_path / 'crashed')
   with pytest.raises(KeyboardInterrupt):
-    train.train(config, workdir, hooks=[crash_at_reverse_step_2])
+    trainer.train(config, workdir, hooks=[crash_at_reverse_step_2])
   # The interrupt wrote a checkpoint although checkpoint_every=100.
   assert checkpointing.StageCheckpointer(workdir, 'reverse').latest_step() == 2
-  resumed = train.train(config, workdir)
+  resumed = trainer.train(config, workdir)
   for name in ('vae', 'reverse'):
     _leaves_close(full[name], resumed[name], rtol=1e-5, atol=1e-6)
   # A third start finds both stages finished and trains nothing.
   calls = []
-  train.train(config, workdir, hooks=[lambda s, k: calls.append((s, k))])
+  trainer.train(config, workdir, hooks=[lambda s, k: calls.append((s, k))])
   assert calls == []
   assert os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
 
@@ -151,7 +152,7 @@ def test_a_signal_is_acted_on_between_steps_and_a_second_one_at_once():
   ``check()`` between steps raises it; a second signal raises immediately; handlers restored."""
   before = signal.getsignal(signal.SIGINT)
   for signum in (signal.SIGINT, signal.SIGTERM):
-    with train._Interrupt() as interrupt:  # pylint: disable=protected-access
+    with trainer._Interrupt() as interrupt:  # pylint: disable=protected-access
       os.kill(os.getpid(), signum)  # delivered to the main thread before kill() returns
       assert interrupt.signum == signum
       with pytest.raises(KeyboardInterrupt) as raised:

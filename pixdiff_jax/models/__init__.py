@@ -28,9 +28,9 @@ import ml_collections
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from pixdiff_jax import schedules
+from pixdiff_jax.diffusion import schedules
 from pixdiff_jax.models.scale_vae import BOTTLENECK_SIZE, ScaleVAE
-from pixdiff_jax.models.thead_unet import THeadUNet, head_mask
+from pixdiff_jax.models.thead_unet import head_mask, THeadUNet
 from pixdiff_jax.models.unet import UNet, UNetBackbone
 
 __all__ = [

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pixdiff_jax import config_utils, data, models, samplers, schedules
+from pixdiff_jax import config as config_lib, data, models
+from pixdiff_jax.diffusion import samplers, schedules
 
 FIG_DIR = 'figures'
 PIXEL_VALUES = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -229,7 +230,7 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
   Returns the steps (descending, then 0) and float32 ``[num_images, H, W, C]`` states in model
   space.
   """
-  from pixdiff_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   seen = {}
 
   def record(x, j):
@@ -276,7 +277,8 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
 # ---------------------------------------------------------------------------- figure 11
 def fig_samples(path: str, workdir: str, config, seed: int) -> list[str]:
   plt = _plt()
-  from pixdiff_jax import evaluation, image_grid  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.evaluation import evaluator as evaluation  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.utils import image_grid  # pylint: disable=g-import-not-at-top
   eval_dir = os.path.join(workdir, evaluation.EVAL_DIR)
   read = evaluation._read_json  # pylint: disable=protected-access
   scores = {r['setting']: r['fd_efflite0'] for r in read(
@@ -370,8 +372,8 @@ def known_noise_markdown(rows: list[dict], *, num_steps: int, num_images: int) -
 # ---------------------------------------------------------------------------- all
 def make_figures(workdir: str, ev, *, num_images: int = 8) -> dict:
   """Writes every figure for ``workdir`` into ``W/figures/``; returns the summary dict."""
-  from pixdiff_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  config = config_utils.load_config(workdir)
+  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(workdir)
   out = os.path.join(workdir, FIG_DIR)
   os.makedirs(out, exist_ok=True)
   seed = int(ev.seed)

@@ -23,9 +23,10 @@ import ml_collections
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from pixdiff_jax import models, schedules
-from pixdiff_jax.config_utils import LOSS_WEIGHTINGS, SCALE_SOURCES, VAE_LOSS_SPACES
-from pixdiff_jax.samplers import TARGETS as _TARGETS
+from pixdiff_jax import models
+from pixdiff_jax.config import LOSS_WEIGHTINGS, SCALE_SOURCES, VAE_LOSS_SPACES
+from pixdiff_jax.diffusion import schedules
+from pixdiff_jax.diffusion.samplers import TARGETS as _TARGETS
 
 __all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
            'sample_reverse_example', 'select_heads', 'gaussian_kl']
@@ -200,7 +201,8 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     expected loss (and gradient) over the draw equals the full loss; with ``n >= T`` it IS
     the full loss. The heads cost ``n / T`` of the full evaluation.
   * ``config.diffusion.loss_weighting='min_snr'``: each pixel's squared error (every head of
-    the example alike) is multiplied by :func:`pixdiff_jax.schedules.min_snr_weight` at the
+    the example alike) is multiplied by
+    :func:`pixdiff_jax.diffusion.schedules.min_snr_weight` at the
     example's step ``i`` (``snr_gamma = diffusion.min_snr_gamma``; the per-pixel schedule of the
     true ``x0``) before the mean over pixels; ``'none'`` (default) weighs every pixel 1.
 

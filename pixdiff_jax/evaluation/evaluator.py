@@ -43,6 +43,11 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
+__all__ = ['DEFAULT_SETTINGS', 'RESULT_COLUMNS', 'EVAL_DIR', 'EvalError', 'default_eval_config',
+           'eval_config_for', 'Setting', 'parse_setting', 'settings_for', 'sample_counts',
+           'Scorer', 'check_inception_weights', 'evaluate', 'method_label', 'results_markdown',
+           'compare']
+
 DEFAULT_SETTINGS = {
     'pixel_aware': ('paper', 'consistent', 'x0_jump_K1', 'x0_jump_K2', 'x0_jump_K5',
                     'x0_jump_KT', 'vae_prior'),
@@ -61,10 +66,10 @@ class EvalError(ValueError):
 # ---------------------------------------------------------------------------- eval settings
 def default_eval_config() -> ml_collections.ConfigDict:
   """The ``eval`` section of ``configs/default.py``."""
-  from pixdiff_jax import config_utils  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'default.py')
-  return config_utils.load_config_module(path).get_default_config().eval
+  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  path = os.path.join(root, 'configs', 'default.py')
+  return config_lib.load_config_module(path).get_default_config().eval
 
 
 def eval_config_for(stored: ml_collections.ConfigDict,
@@ -244,7 +249,8 @@ def _finite(value, what: str) -> float:
 # ---------------------------------------------------------------------------- sampling
 def _sampler(workdir: str, config, setting: Setting, batch: int):
   """(jittable fn(variables, key) -> float images in [0, 1], variables, network evals, params)."""
-  from pixdiff_jax import checkpointing, models, sampling  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import models, sampling  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   use_ema = bool(config.sampling.use_ema)
   counts = models.count_params(config)
   if setting.overrides is None:
@@ -294,8 +300,9 @@ def evaluate(workdir: str, ev: ml_collections.ConfigDict, *, extractors=None,
 
   ``samples_only``: generate (or reuse) every setting's samples and stop before scoring.
   """
-  from pixdiff_jax import checkpointing, config_utils  # pylint: disable=g-import-not-at-top
-  config = config_utils.load_config(workdir)
+  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(workdir)
   for stage in checkpointing.stages_for(config):
     if not os.path.isdir(os.path.join(workdir, 'checkpoints', stage)) or not os.listdir(
         os.path.join(workdir, 'checkpoints', stage)):
@@ -360,7 +367,7 @@ def _sample_setting(workdir, config, ev, setting: Setting, n: int, out_dir: str,
   reused when the sampler settings, count and seed are unchanged, so scoring can be redone
   (e.g. with FID weights added) without sampling again.
   """
-  from pixdiff_jax import image_grid  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.utils import image_grid  # pylint: disable=g-import-not-at-top
   # Small enough for at least eval.timing_batches batches (when n allows).
   batch = max(1, min(int(ev.batch_size), n // int(ev.timing_batches)))
   key = {'settings': setting.overrides, 'label': setting.label, 'num_samples': n,

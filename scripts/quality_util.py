@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from pixdiff_jax import config_utils
+from pixdiff_jax import config as config_lib
 
 
 def laplacian_energy(x: np.ndarray) -> float:
@@ -21,7 +21,7 @@ def load_x0_workdir(workdir: str):
   """The stored config of a pixel-aware workdir trained with ``diffusion.target='x0'``;
   anything else ends with one error line (exit 2)."""
   try:
-    config = config_utils.load_config(workdir)
+    config = config_lib.load_config(workdir)
   except (FileNotFoundError, ValueError) as err:
     print(f'error: {err}', file=sys.stderr)
     sys.exit(2)

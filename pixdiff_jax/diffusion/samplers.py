@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from pixdiff_jax import schedules
+from pixdiff_jax.diffusion import schedules
 
 __all__ = [
     'EPS', 'parallel_reverse', 'block_sequential_reverse', 'block_starts', 'reverse_noise',

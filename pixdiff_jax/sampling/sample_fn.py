@@ -29,7 +29,9 @@ import numpy as np
 
 from jax.experimental import checkify
 
-from pixdiff_jax import checkpointing, config_utils, data, models, samplers, schedules
+from pixdiff_jax import config as config_lib, data, models
+from pixdiff_jax.diffusion import samplers, schedules
+from pixdiff_jax.training import checkpointing
 
 PyTree = Any
 SampleFn = Callable[[PyTree, jax.Array], jax.Array]
@@ -91,13 +93,13 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
   trained with another config) raise a ``ValueError`` that says so, when ``sample_fn`` is
   traced.
   """
-  config_utils.validate_config(config)
+  config_lib.validate_config(config)
   if sampler is not None:
     overrides['sampler'] = sampler
-  s = config_utils.sampler_settings(config, **overrides)
-  if s['sampler'] not in config_utils.SAMPLERS[config.method]:
+  s = config_lib.sampler_settings(config, **overrides)
+  if s['sampler'] not in config_lib.SAMPLERS[config.method]:
     raise ValueError(f'sampler {s["sampler"]!r} is not available for method={config.method!r}; '
-                     f'choose one of {config_utils.SAMPLERS[config.method]}')
+                     f'choose one of {config_lib.SAMPLERS[config.method]}')
   shape = _image_shape(config, batch_size)
   if config.method == 'ddpm':
     fn, evals = _ddpm_family_sample_fn(config, shape, s)
@@ -235,7 +237,7 @@ def load_sampler(workdir: str, *, batch_size: int | None = None, use_ema: bool |
   ``checkpointing``). ``**overrides`` go to :func:`get_sample_fn` (including ``check_finite``).
   """
   workdir = os.fspath(workdir)
-  config = config_utils.load_config(workdir)
+  config = config_lib.load_config(workdir)
   batch_size = batch_size or config.sampling.batch_size
   use_ema = config.sampling.use_ema if use_ema is None else use_ema
   sample_fn = get_sample_fn(config, batch_size=batch_size, **overrides)

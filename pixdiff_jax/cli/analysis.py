@@ -7,7 +7,7 @@ describe the same networks and supplies the ``eval`` section (e.g.
 """
 from __future__ import annotations
 
-from pixdiff_jax import config_utils, evaluation
+from pixdiff_jax import config as config_lib, evaluation
 
 
 def run(mode: str, config, *, workdir: str | None, workdirs: list[str],
@@ -18,9 +18,9 @@ def run(mode: str, config, *, workdir: str | None, workdirs: list[str],
     return {'markdown': out['markdown'], 'json': compare_out + '.json', 'rows': len(out['rows'])}
   if workdir is None:
     raise evaluation.EvalError(f'--workdir is required for --mode {mode}')
-  stored = config_utils.load_config(workdir)
+  stored = config_lib.load_config(workdir)
   if config is not None:
-    config_utils.check_compatible(stored, config)
+    config_lib.check_compatible(stored, config)
   ev = evaluation.eval_config_for(stored, config)
   if mode == 'eval':
     results = evaluation.evaluate(workdir, ev)
@@ -29,6 +29,6 @@ def run(mode: str, config, *, workdir: str | None, workdirs: list[str],
             'settings': [{k: r[k] for k in evaluation.RESULT_COLUMNS}
                          for r in results['settings']]}
   if mode == 'figures':
-    from pixdiff_jax import figures  # pylint: disable=g-import-not-at-top
+    from pixdiff_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
     return figures.make_figures(workdir, ev)
   raise evaluation.EvalError(f'unknown mode {mode!r}')

@@ -7,7 +7,7 @@ input pipeline: pytorch-fid's ``InceptionV3([3])`` (``fid_inception_v3``, its re
 Flax port through ``variables_from_torch`` and compares pool3 features.
 
     pip install torch torchvision pytorch-fid      # torchvision only for pytorch-fid's classes
-    python benchmarks/make_inception_fixture.py
+    python tests/data/make_inception_fixture.py
 
 Input: the first 2 Fashion-MNIST test images zero-padded to 32x32 (uint8 [2, 32, 32, 1]), fed with
 ``crop_to=28``; pytorch-fid's pipeline: ``x / 255`` replicated to RGB, then its own model.
@@ -28,7 +28,7 @@ sys.modules.setdefault('torchvision._meta_registrations', types.ModuleType('skip
 import torch  # noqa: E402
 from pytorch_fid import inception as pfid  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
 from pixdiff_jax import data as pdata  # noqa: E402
 import metrics_testutil  # noqa: E402

@@ -5,7 +5,7 @@ The reverse model is replaced by the exact head targets of the very forward chai
 itself. Prints one table row per (target, eta, clip) setting with the reconstruction RMSE and
 max error by pixel-value band, in float32, and the forward process's KL to N(0, 1) at ``i = T``.
 
-    python benchmarks/oracle_reconstruction.py [--num_steps 200 --gamma 20 --pixels 4096]
+    python scripts/oracle_reconstruction.py [--num_steps 200 --gamma 20 --pixels 4096]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pixdiff_jax import samplers, schedules
+from pixdiff_jax.diffusion import samplers, schedules
 
 BANDS = ((0.0, 0.1), (0.1, 0.5), (0.5, 0.8), (0.8, 1.01))
 

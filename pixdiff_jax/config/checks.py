@@ -1,14 +1,14 @@
-"""Config helpers: validation with messages that name the field, presets, workdir round trip."""
+"""Config checks: validation with messages that name the field, sampler presets, and which
+fields make a stored checkpoint unusable."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
-from pixdiff_jax.samplers import TARGETS, UPDATES
+from pixdiff_jax.diffusion.samplers import TARGETS, UPDATES
 
 METHODS = ('pixel_aware', 'ddpm')
 SAMPLERS = {'pixel_aware': ('parallel',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}
@@ -157,31 +157,13 @@ def one_head_baseline_config(config: ml_collections.ConfigDict, *, num_steps: in
   return base
 
 
-def config_path(workdir: str) -> str:
-  return os.path.join(workdir, 'config.json')
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(config_path(workdir), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def _tuples(node):
+def tuples_from_json(node):
   """JSON turns tuples into lists; configs use tuples (hashable Flax module fields)."""
   if isinstance(node, dict):
-    return {k: _tuples(v) for k, v in node.items()}
+    return {k: tuples_from_json(v) for k, v in node.items()}
   if isinstance(node, list):
-    return tuple(_tuples(v) for v in node)
+    return tuple(tuples_from_json(v) for v in node)
   return node
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = config_path(workdir)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir of a training run?')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 
 def architecture_differences(stored: ml_collections.ConfigDict,
@@ -199,8 +181,8 @@ def architecture_differences(stored: ml_collections.ConfigDict,
         for node in (a, b):
           if isinstance(node, dict):
             node.pop(name, None)
-    if json.dumps(_tuples(a), sort_keys=True, default=str) != json.dumps(
-        _tuples(b), sort_keys=True, default=str):
+    if json.dumps(tuples_from_json(a), sort_keys=True, default=str) != json.dumps(
+        tuples_from_json(b), sort_keys=True, default=str):
       diffs.append(section)
   return diffs
 
@@ -215,30 +197,3 @@ def check_compatible(stored: ml_collections.ConfigDict,
         'use a new --workdir or the stored config')
 
 
-def load_config_module(path: str):
-  """Imports a config file by path (it need not be on ``sys.path``)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(path).resolve()
-  if not path.exists():
-    raise FileNotFoundError(f'config file {path} not found')
-  spec = importlib.util.spec_from_file_location(f'_pixdiff_config_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def sibling_config(config_file: str, name: str):
-  """The module ``<dir of config_file>/<name>.py``.
-
-  Config files use it to build on ``default.py`` (or another config) from any working
-  directory: ml_collections' ``config_flags`` loads a config by path, so ``configs`` is not
-  necessarily an importable package.
-  """
-  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(config_file)),
-                                         f'{name}.py'))
-
-
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of the config file at ``path``."""
-  return load_config_module(path).get_config()

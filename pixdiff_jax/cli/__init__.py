@@ -1,0 +1,1 @@
+"""The command line (``python main.py``): flags, modes and one-line errors."""

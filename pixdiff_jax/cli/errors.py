@@ -1,0 +1,30 @@
+"""User mistakes: ``UsageError`` and the one-line ``error:`` exit (status 2;
+``PIXDIFF_TRACEBACK=1`` shows the traceback instead)."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+class UsageError(Exception):
+  """A user mistake: printed as one line, no traceback."""
+
+
+def fail(message: str, err: BaseException | None = None) -> None:
+  if err is not None and os.environ.get('PIXDIFF_TRACEBACK'):
+    raise err
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def check_writable_dir(path: str, what: str) -> None:
+  """Creates ``path`` if needed and writes a probe file into it; a UsageError if that fails."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f'{what} {path} is a file, not a directory')
+  try:
+    os.makedirs(path, exist_ok=True)
+    import tempfile  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as err:
+    raise UsageError(f'cannot write to {what} {path}: {err.strerror or err}') from err

@@ -1,0 +1,13 @@
+"""Configs: checks with messages that name the field (``checks``), and config files and the
+workdir's stored ``config.json`` (``files``). Everything public is re-exported here::
+
+    from pixdiff_jax import config as config_lib
+    config_lib.validate_config(cfg); config_lib.load_config(workdir)
+"""
+from pixdiff_jax.config.checks import (LOSS_WEIGHTINGS, METHODS, PRIORS, SAMPLERS,  # noqa: F401
+                                       SAMPLING_PRESETS, SCALE_SOURCES, VAE_LOSS_SPACES,
+                                       architecture_differences, check_compatible,
+                                       one_head_baseline_config, sampler_settings,
+                                       tuples_from_json, validate_config)
+from pixdiff_jax.config.files import (config_path, load_config, load_config_file,  # noqa: F401
+                                      load_config_module, save_config, sibling_config)

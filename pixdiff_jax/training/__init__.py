@@ -1,0 +1,2 @@
+"""Training: train state and optimiser (``state``), losses (``losses``), Orbax checkpoints
+(``checkpointing``) and the staged pmap training loop (``trainer``)."""
