@@ -316,6 +316,9 @@ def test_vp_helpers(kind):
   lam = np.log(alpha / sigma)
   np.testing.assert_allclose(schedules.vp_lambda(t, ac), lam, rtol=2e-5, atol=2e-5)
   np.testing.assert_allclose(schedules.vp_inverse_lambda(lam, ac), t, rtol=1e-4)
+  # The float64 host twins (DPM-Solver++'s tables) are the same functions, to float64 precision.
+  np.testing.assert_allclose(schedules.np_vp_log_alpha(t, ac), want, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(schedules.np_vp_inverse_lambda(lam, ac), t, rtol=1e-9)
 
 
 # ---------------------------------------------------------------------------- robustness

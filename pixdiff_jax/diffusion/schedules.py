@@ -39,7 +39,7 @@ __all__ = [
     'q_sample',
     'forward_chain', 'chain_targets', 'increment_scale', 'x0_from_scale',
     'linear_alphas_cumprod', 'cosine_alphas_cumprod', 'vp_log_alpha', 'vp_sigma', 'vp_lambda',
-    'vp_inverse_lambda', 'check_pixel_aware_args',
+    'vp_inverse_lambda', 'np_vp_log_alpha', 'np_vp_inverse_lambda', 'check_pixel_aware_args',
 ]
 
 
@@ -359,3 +359,20 @@ def vp_inverse_lambda(lam: ArrayLike, alphas_cumprod: np.ndarray) -> Array:
   t_array, log_alpha_array = _vp_tables(alphas_cumprod)
   log_alpha = -0.5 * jnp.logaddexp(0.0, -2.0 * jnp.asarray(lam, jnp.float32))
   return jnp.interp(log_alpha, jnp.flip(log_alpha_array), jnp.flip(t_array))
+
+
+def np_vp_log_alpha(t: np.ndarray, ac: np.ndarray) -> np.ndarray:
+  """Float64 NumPy twin of :func:`vp_log_alpha` (the same piecewise-linear function).
+
+  The DPM-Solver++ tables are static, so they are built in float64 on the host; this also keeps
+  the time grid from compiling an interpolation kernel per step count.
+  """
+  T = ac.shape[0]
+  return np.interp(np.asarray(t, np.float64), np.arange(1, T + 1) / T, 0.5 * np.log(ac))
+
+
+def np_vp_inverse_lambda(lam: np.ndarray, ac: np.ndarray) -> np.ndarray:
+  """Float64 NumPy twin of :func:`vp_inverse_lambda`."""
+  T = ac.shape[0]
+  log_alpha = -0.5 * np.logaddexp(0.0, -2.0 * np.asarray(lam, np.float64))
+  return np.interp(log_alpha, (0.5 * np.log(ac))[::-1], (np.arange(1, T + 1) / T)[::-1])

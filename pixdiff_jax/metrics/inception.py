@@ -23,7 +23,7 @@ so :func:`variables_from_torch` is a renaming plus kernel transposes.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import flax.linen as nn
 import jax
