@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pixdiff_jax.diffusion import samplers, schedules
+from pixdiff_jax.diffusion import parametrisation, samplers, schedules
 
 BANDS = ((0.0, 0.1), (0.1, 0.5), (0.5, 0.8), (0.8, 1.01))
 
@@ -43,7 +43,7 @@ def main():
         f'{kl[np.searchsorted(np.asarray(x0), 0.1)]:.3g}, x0=1 {kl[-1]:.2e}')
   rows = []
   for target in ('cumulative', 'increment'):
-    Z = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target=target)
+    Z = parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target=target)
     for eta, clip in ((1.0, False), (0.0, False), (1.0, True), (0.0, True)):
       fn = jax.jit(lambda xT, Zs, nz, eta=eta, clip=clip: samplers.parallel_reverse(
           xT, T, x_delta, Zs, nz, num_steps=T, eta=eta, clip_denoised=clip, eps=eps))

@@ -14,7 +14,7 @@ import pytest
 
 from nets_testutil import jit_apply, numpy_init, tiny_config
 from pixdiff_jax import models, sampling
-from pixdiff_jax.diffusion import samplers
+from pixdiff_jax.diffusion import parametrisation, samplers
 from pixdiff_jax.training import losses
 
 B, S, C, T = 4, 8, 3, 8
@@ -55,7 +55,8 @@ def test_selected_heads_equal_the_full_call(thead):
 def _model_and_head_fns(module, params):
   def model_fn(x_j, xd, j):
     steps = jnp.full((x_j.shape[0],), j, jnp.int32)
-    return jnp.moveaxis(module.apply({'params': params}, x_j, xd, steps, train=False), 1, 0)
+    return parametrisation.heads_first(
+        module.apply({'params': params}, x_j, xd, steps, train=False))
 
   def head_fn(x_j, xd, j):
     steps = jnp.full((x_j.shape[0],), j, jnp.int32)

@@ -10,6 +10,7 @@ import pytest
 
 from nets_testutil import jit_apply, load_config, numpy_init, tiny_config
 from pixdiff_jax import models
+from pixdiff_jax.diffusion import schedules
 from pixdiff_jax.models import layers
 
 B, S, C, T = 4, 8, 3, 8
@@ -387,7 +388,7 @@ def test_one_head_baseline_config_shares_the_backbone():
   assert config.method == 'pixel_aware' and config.diffusion.num_steps == T  # unchanged
   assert base.method == 'ddpm' and base.diffusion.num_steps == 1000
   assert isinstance(models.build_reverse_model(base), models.UNet)
-  assert models.ddpm_alphas_cumprod(base).shape == (1000,)
+  assert schedules.ddpm_alphas_cumprod(base).shape == (1000,)
   shapes = lambda cfg: jax.eval_shape(
       lambda k: models.init_params(models.build_reverse_model(cfg), cfg, k), jax.random.key(0))
   flat = lambda tree: {jax.tree_util.keystr(p): v.shape for p, v in

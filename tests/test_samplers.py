@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixdiff_jax.diffusion import samplers, schedules
+from pixdiff_jax.diffusion import parametrisation, samplers, schedules
 
 EPS = 4e-3
 F64 = np.float64
@@ -57,8 +57,8 @@ def x0_grid(rows=16, cols=64):
 def _chain200(key, x0):
   xs, e = schedules.forward_chain(key, x0, gamma=20.0, num_steps=200)
   kw = dict(gamma=20.0, num_steps=200)
-  return (xs, schedules.chain_targets(xs, e, x0, target='increment', **kw),
-          schedules.chain_targets(xs, e, x0, target='cumulative', **kw))
+  return (xs, parametrisation.chain_targets(xs, e, x0, target='increment', **kw),
+          parametrisation.chain_targets(xs, e, x0, target='cumulative', **kw))
 
 
 def chain200(seed, x0=None):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixdiff_jax.diffusion import schedules
+from pixdiff_jax.diffusion import parametrisation, schedules
 
 EPS = 4e-3
 SETTINGS = [(20.0, 200), (50.0, 500), (3.0, 7)]  # (gamma, T): CIFAR-10, CelebA, tiny
@@ -250,19 +250,19 @@ def test_chain_targets(mc_chain):
   xs64, e64 = np.asarray(xs, np.float64), np.asarray(e, np.float64)
   j = np.arange(1, T + 1)[:, None, None]
   r = ref(x0_np, j, gamma, T)
-  cum = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='cumulative')
+  cum = parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='cumulative')
   want_cum = (xs64[1:] - np.sqrt(r['abar']) * x0_np) / np.sqrt(1 - r['abar'])
   np.testing.assert_allclose(cum, want_cum, rtol=1e-4, atol=2e-4)
-  inc = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='increment')
+  inc = parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='increment')
   want_inc = np.sqrt((1 - r['abar']) / r['beta']) * e64
   np.testing.assert_allclose(inc, want_inc, rtol=5e-5, atol=1e-6)
-  v = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='v')
+  v = parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='v')
   want_v = np.sqrt(r['abar']) * want_cum - np.sqrt(1 - r['abar']) * x0_np
   np.testing.assert_allclose(v, want_v, rtol=1e-4, atol=2e-4)
   # ... and x0 = sqrt(abar_j) x_j - sqrt(1 - abar_j) v_j for every step of the chain.
   np.testing.assert_allclose(np.sqrt(r['abar']) * xs64[1:] - np.sqrt(1 - r['abar']) * v,
                              np.broadcast_to(x0_np, want_v.shape), atol=2e-4)
-  x0_heads = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='x0')
+  x0_heads = parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='x0')
   chex.assert_shape(x0_heads, want_v.shape)
   np.testing.assert_array_equal(x0_heads, np.broadcast_to(x0, want_v.shape))
   chex.assert_tree_all_finite((cum, inc, v))
@@ -270,9 +270,9 @@ def test_chain_targets(mc_chain):
   np.testing.assert_allclose(r['beta'] / np.sqrt(1 - r['abar']) * np.asarray(inc, np.float64),
                              np.sqrt(r['beta']) * e64, rtol=5e-5, atol=1e-7)
   with pytest.raises(ValueError, match='target'):
-    schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='eps')
+    parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=T, target='eps')
   with pytest.raises(ValueError, match='xs'):
-    schedules.chain_targets(xs[1:], e, x0, gamma=gamma, num_steps=T, target='increment')
+    parametrisation.chain_targets(xs[1:], e, x0, gamma=gamma, num_steps=T, target='increment')
 
 
 # ---------------------------------------------------------------------------- scalar baselines

@@ -8,7 +8,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from pixdiff_jax.diffusion.samplers import TARGETS, UPDATES
+from pixdiff_jax.diffusion.parametrisation import TARGETS
+from pixdiff_jax.diffusion.pixel_aware import UPDATES
 
 METHODS = ('pixel_aware', 'ddpm')
 SAMPLERS = {'pixel_aware': ('parallel',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}

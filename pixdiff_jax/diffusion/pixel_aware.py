@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from pixdiff_jax.diffusion import schedules
+from pixdiff_jax.diffusion import parametrisation, schedules
+from pixdiff_jax.diffusion.parametrisation import TARGETS, Target
 from pixdiff_jax.diffusion.validation import (check_eps, check_eta, check_int, check_scale,
                                               check_stack, check_step_arg, clamp_scale,
                                               compute_dtype, concrete, float_array)
@@ -47,9 +48,7 @@ EPS = 4e-3  # images x0 lie in [EPS, 1] (docs/design.md section 1)
 ModelFn = Callable[[Array, Array, Array], Array]
 HeadFn = Callable[[Array, Array, Array], Array]
 Update = Literal['recursion', 'x0_jump']
-Target = Literal['cumulative', 'increment', 'v', 'x0']
 UPDATES = ('recursion', 'x0_jump')            # block_sequential_reverse(update=...)
-TARGETS = ('cumulative', 'increment', 'v', 'x0')  # what the heads predict (diffusion.target)
 
 
 def _pixel_step(x: Array, z: Array, n: Array | None, j: Array, *, x_delta: Array,
@@ -214,7 +213,7 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     model_fn: ``model_fn(x_j, x_delta_hat, j) -> Z`` with ``x_j`` of ``x_T``'s shape ``S``,
       ``j`` an int32 scalar array (the current step, shared by the batch) and ``Z`` of shape
       ``[T, *S]``, HEADS AXIS FIRST (``Z[j-1]`` = head ``j``). A Flax model returning
-      ``[B, T, H, W, C]`` must be wrapped with ``jnp.moveaxis(z, 1, 0)``.
+      ``[B, T, H, W, C]`` must be wrapped with ``parametrisation.heads_first``.
     x_T: the start image(s), shape ``S``.
     x_delta_hat: image scale, broadcastable to ``S`` (kept fixed for all blocks).
     rng: PRNG key of the fresh noise, step ``j`` draws ``normal(fold_in(rng, j))``
@@ -304,18 +303,9 @@ def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, lengt
         raise ValueError(f'head_fn output must have the shape of x {shape}, got {z_hi.shape}')
       z_hi = z_hi.astype(dtype)
       head = lambda j: z_hi
-    if target == 'v':  # the recursion reads eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j
-      def z_at(j, x_j):
-        jf = j.astype(dtype)
-        return (jnp.sqrt(schedules.one_minus_alpha_bar(x_delta, jf, num_steps)) * x_j
-                + jnp.sqrt(schedules.alpha_bar(x_delta, jf, num_steps)) * head(j))
-    elif target == 'x0':  # eps_tilde_j = (x_j - sqrt(abar_j) x0_j) / sqrt(1 - abar_j)
-      def z_at(j, x_j):
-        jf = j.astype(dtype)
-        return ((x_j - jnp.sqrt(schedules.alpha_bar(x_delta, jf, num_steps)) * head(j))
-                * jax.lax.rsqrt(schedules.one_minus_alpha_bar(x_delta, jf, num_steps)))
-    else:
-      z_at = lambda j, x_j: head(j)
+    def z_at(j, x_j):  # what the recursion reads as Z^j (eps_tilde_j)
+      return parametrisation.eps_tilde_from_head(target, head(j), x_j, x_delta=x_delta,
+                                                 j=j.astype(dtype), num_steps=num_steps)
     if update == 'x0_jump':
       hi_safe = jnp.maximum(hi, 1)  # empty blocks (hi <= lo) leave x unchanged
       x0 = _x0_estimate(x, head, z_at, hi_safe, x_delta=x_delta, num_steps=num_steps,
@@ -337,16 +327,9 @@ def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, lengt
 
 def _x0_estimate(x, head, z_at, t, *, x_delta, num_steps, target):
   """Clean image implied by the heads of one call at step ``t`` (``t >= 1``, traced)."""
-  tf = t.astype(x.dtype)
-  if target == 'cumulative':
-    one_m_ab = schedules.one_minus_alpha_bar(x_delta, tf, num_steps)
-    return (x - jnp.sqrt(one_m_ab) * head(t)) * jnp.exp(
-        -0.5 * tf * (jnp.log(x_delta) / num_steps))
-  if target == 'x0':
-    return head(t)
-  if target == 'v':  # x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_t: no amplification
-    return (jnp.sqrt(schedules.alpha_bar(x_delta, tf, num_steps)) * x
-            - jnp.sqrt(schedules.one_minus_alpha_bar(x_delta, tf, num_steps)) * head(t))
+  if target != 'increment':
+    return parametrisation.x0_from_head(target, head(t), x, x_delta=x_delta,
+                                        j=t.astype(x.dtype), num_steps=num_steps)
   # increment: invert the chain, steps t..1, with the predicted step noises (eta = 0).
   return _run_steps(x, z_at=z_at, noise_at=None, hi=t, lo=jnp.zeros_like(t), i=None,
                     length=num_steps, x_delta=x_delta, num_steps=num_steps, eta=0.0,

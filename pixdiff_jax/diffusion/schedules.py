@@ -26,7 +26,6 @@ uses on such a discrete schedule (continuous time ``t = n / T``).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +36,9 @@ __all__ = [
     'image_scale', 'log_image_scale', 'alpha', 'beta', 'alpha_bar', 'one_minus_alpha_bar',
     'btilde', 'posterior_mean_coefs', 'pixel_snr', 'min_snr_weight', 'kl_to_standard_normal',
     'q_sample',
-    'forward_chain', 'chain_targets', 'increment_scale', 'x0_from_scale',
-    'linear_alphas_cumprod', 'cosine_alphas_cumprod', 'vp_log_alpha', 'vp_sigma', 'vp_lambda',
+    'forward_chain', 'increment_scale', 'x0_from_scale',
+    'linear_alphas_cumprod', 'cosine_alphas_cumprod', 'ddpm_alphas_cumprod', 'vp_log_alpha',
+    'vp_sigma', 'vp_lambda',
     'vp_inverse_lambda', 'np_vp_log_alpha', 'np_vp_inverse_lambda', 'check_pixel_aware_args',
 ]
 
@@ -62,7 +62,7 @@ def check_pixel_aware_args(*, gamma=None, num_steps=None) -> None:
       raise ValueError(f'gamma must be a finite number > 0, got {gamma!r}')
 
 
-def _as_float(name: str, x: ArrayLike) -> Array:
+def as_float(name: str, x: ArrayLike) -> Array:
   """Converts to a float array; integer or bool inputs are an error that names the argument."""
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -82,12 +82,12 @@ def _step(name: str, i: ArrayLike) -> Array:
 def image_scale(x0: Float[ArrayLike, '*shape'], gamma: float) -> Float[Array, '*shape']:
   """Image scale ``x_delta = exp(-gamma * x0)`` (eq. 7)."""
   check_pixel_aware_args(gamma=gamma)
-  return jnp.exp(-gamma * _as_float('x0', x0))
+  return jnp.exp(-gamma * as_float('x0', x0))
 
 
 def log_image_scale(x_delta: Float[ArrayLike, '*shape']) -> Float[Array, '*shape']:
   """``log(x_delta) = -gamma * x0`` (always < 0 for a valid scale)."""
-  return jnp.log(_as_float('x_delta', x_delta))
+  return jnp.log(as_float('x_delta', x_delta))
 
 
 def x0_from_scale(x_delta: Float[ArrayLike, '*shape'], gamma: float) -> Float[Array, '*shape']:
@@ -167,7 +167,7 @@ def pixel_snr(x0: Float[ArrayLike, '*shape'], t: ArrayLike, *, gamma: float
   ``SNR = abar x0^2 / (1 - abar) = x0^2 / expm1(gamma t x0)``; ``inf`` at ``t = 0``.
   """
   check_pixel_aware_args(gamma=gamma)
-  x0 = _as_float('x0', x0)
+  x0 = as_float('x0', x0)
   return jnp.square(x0) / jnp.expm1(gamma * _step('t', t) * x0)
 
 
@@ -224,8 +224,8 @@ def kl_to_standard_normal(x0: Float[ArrayLike, '*shape'], i: ArrayLike, *, gamma
 def q_sample(x0: Float[ArrayLike, '*shape'], i: ArrayLike, noise: Float[ArrayLike, '*shape'], *,
              gamma: float, num_steps: int) -> Float[Array, '*shape']:
   """Draws ``x_i`` from the marginal of eq. 9 given standard-normal ``noise``."""
-  x0 = _as_float('x0', x0)
-  noise = _as_float('noise', noise)
+  x0 = as_float('x0', x0)
+  noise = as_float('noise', noise)
   if x0.shape != noise.shape:
     raise ValueError(f'noise must have the shape of x0 {x0.shape}, got {noise.shape}')
   x_delta = image_scale(x0, gamma)
@@ -246,7 +246,7 @@ def forward_chain(rng: jax.Array, x0: Float[ArrayLike, '*shape'], *, gamma: floa
     ``e`` of shape ``[T, *S]`` (``e[j-1] = e_j``), computed with ``lax.scan``.
   """
   check_pixel_aware_args(gamma=gamma, num_steps=num_steps)
-  x0 = _as_float('x0', x0)
+  x0 = as_float('x0', x0)
   x_delta = image_scale(x0, gamma)
   sqrt_a = jnp.sqrt(alpha(x_delta, num_steps))
   sqrt_b = jnp.sqrt(beta(x_delta, num_steps))
@@ -269,47 +269,6 @@ def increment_scale(x_delta: Float[ArrayLike, '*shape'], j: ArrayLike,
   return jnp.sqrt(one_minus_alpha_bar(x_delta, j, num_steps) / beta(x_delta, num_steps))
 
 
-def chain_targets(xs: Float[ArrayLike, 'T+1 *shape'], e: Float[ArrayLike, 'T *shape'],
-                  x0: Float[ArrayLike, '*shape'], *, gamma: float, num_steps: int,
-                  target: Literal['cumulative', 'increment', 'v', 'x0']
-                  ) -> Float[Array, 'T *shape']:
-  """Head targets for every step ``j = 1..T`` of one simulated chain (index ``j-1``).
-
-  * ``'cumulative'`` (paper, "similar to DDPM"): ``eps_tilde_j = (x_j - sqrt(abar_j) x0) /
-    sqrt(1 - abar_j)``, the standardised total noise in ``x_j``.
-  * ``'increment'``: ``u_j = sqrt((1 - abar_j) / beta) * e_j``, which makes Algorithm 1 with
-    ``eta = 0`` invert the chain exactly.
-  * ``'v'``: ``v_j = sqrt(abar_j) eps_tilde_j - sqrt(1 - abar_j) x0`` (Salimans & Ho's
-    v-parametrisation on the per-pixel schedule): ``x0 = sqrt(abar_j) x_j - sqrt(1 - abar_j) v_j``
-    and ``eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j``, with coefficients at most 1,
-    where reading ``x0`` off an ``eps_tilde`` prediction multiplies its error by
-    ``sqrt((1 - abar_j) / abar_j)``.
-  * ``'x0'``: the clean image itself for every head (``x0`` broadcast to ``[T, *shape]``); the
-    loss is then the image-space error, the usual x0-parametrisation of DDPM.
-  """
-  check_pixel_aware_args(gamma=gamma, num_steps=num_steps)
-  x0 = _as_float('x0', x0)
-  xs = _as_float('xs', xs)
-  e = _as_float('e', e)
-  if xs.shape != (num_steps + 1,) + x0.shape or e.shape != (num_steps,) + x0.shape:
-    raise ValueError(f'xs must be [T+1, *x0.shape] and e [T, *x0.shape] with T={num_steps}, '
-                     f'x0.shape={x0.shape}; got xs {xs.shape}, e {e.shape}')
-  x_delta = image_scale(x0, gamma)
-  j = jnp.arange(1, num_steps + 1, dtype=x0.dtype).reshape((-1,) + (1,) * x0.ndim)
-  if target == 'increment':
-    return increment_scale(x_delta, j, num_steps) * e
-  if target == 'x0':
-    return jnp.broadcast_to(x0, (num_steps,) + x0.shape)
-  if target in ('cumulative', 'v'):
-    ab = alpha_bar(x_delta, j, num_steps)
-    om = one_minus_alpha_bar(x_delta, j, num_steps)
-    eps_tilde = (xs[1:] - jnp.sqrt(ab) * x0) / jnp.sqrt(om)
-    if target == 'cumulative':
-      return eps_tilde
-    return jnp.sqrt(ab) * eps_tilde - jnp.sqrt(om) * x0
-  raise ValueError(f"target must be 'cumulative', 'increment', 'v' or 'x0', got {target!r}")
-
-
 # ---------------------------------------------------------------------------- scalar baselines
 def linear_alphas_cumprod(num_steps: int = 1000, beta_start: float = 1e-4,
                           beta_end: float = 0.02) -> np.ndarray:
@@ -329,6 +288,20 @@ def cosine_alphas_cumprod(num_steps: int = 1000, s: float = 0.008,
   f = np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
   betas = np.clip(1.0 - f[1:] / f[:-1], 0.0, max_beta)
   return np.cumprod(1.0 - betas)
+
+
+def ddpm_alphas_cumprod(config) -> np.ndarray:
+  """The baseline's scalar ``abar`` for a config (``config.diffusion``): float64 ``[T]``, index
+  ``n-1`` is step ``n``.
+
+  ``config.diffusion.schedule``: ``'linear'`` (``beta_start..beta_end``) or ``'cosine'``.
+  """
+  d = config.diffusion
+  if d.schedule == 'linear':
+    return linear_alphas_cumprod(d.num_steps, d.beta_start, d.beta_end)
+  if d.schedule == 'cosine':
+    return cosine_alphas_cumprod(d.num_steps)
+  raise ValueError(f"diffusion.schedule={d.schedule!r} is unknown; known: ['cosine', 'linear']")
 
 
 def _vp_tables(alphas_cumprod: np.ndarray) -> tuple[Array, Array]:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixdiff_jax import config as config_lib, data, models
-from pixdiff_jax.diffusion import samplers, schedules
+from pixdiff_jax.diffusion import parametrisation, samplers, schedules
 
 FIG_DIR = 'figures'
 PIXEL_VALUES = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -248,7 +248,7 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
       jax.debug.callback(record, x, n)
       return net.apply({'params': params}, x, jnp.broadcast_to(n, (shape[0],)), train=False)
 
-    x0 = samplers.ddpm_sample(eps_fn, key, shape, alphas_cumprod=models.ddpm_alphas_cumprod(
+    x0 = samplers.ddpm_sample(eps_fn, key, shape, alphas_cumprod=schedules.ddpm_alphas_cumprod(
         config), clip_denoised=bool(config.sampling.clip_denoised))
   else:
     vae = models.build_vae(config)
@@ -264,7 +264,8 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
     def model_fn(x_j, xd, j):
       jax.debug.callback(record, x_j, j)
       steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (shape[0],))
-      return jnp.moveaxis(net.apply({'params': params}, x_j, xd, steps, train=False), 1, 0)
+      return parametrisation.heads_first(
+          net.apply({'params': params}, x_j, xd, steps, train=False))
 
     x0 = samplers.block_sequential_reverse(
         model_fn, x_T, x_delta_hat, None, num_steps=T, network_calls=T, eta=0.0,
@@ -321,7 +322,7 @@ def known_noise_table(images_unit: np.ndarray, *, num_steps: int, eps: float, se
   """Algorithm 1 (K = 1, recursion) with oracle heads and the true scale: reconstruction MSE.
 
   For each gamma and head target the forward chain of every image is simulated, the heads are
-  its exact targets (``schedules.chain_targets``) and the scale is ``exp(-gamma x0)``; the
+  its exact targets (``parametrisation.chain_targets``) and the scale is ``exp(-gamma x0)``; the
   recursion then runs from that chain's ``x_T`` with fresh noise (``eta = 1``, the paper) and
   without (``eta = 0``). Rows: ``{'gamma', 'target', 'mse_eta1', 'mse_eta0'}`` (float32 runs).
   """
@@ -332,7 +333,7 @@ def known_noise_table(images_unit: np.ndarray, *, num_steps: int, eps: float, se
     xs, e = schedules.forward_chain(k_chain, x0, gamma=gamma, num_steps=num_steps)
     x_delta = schedules.image_scale(x0, gamma)
     for target in samplers.TARGETS:
-      Z = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=num_steps, target=target)
+      Z = parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=num_steps, target=target)
       row = {'gamma': gamma, 'target': target}
       for eta in (1.0, 0.0):
         x_hat = _oracle_reverse(xs[-1], x_delta, Z, k_noise, jnp.float32(eta),

@@ -14,7 +14,7 @@ Interfaces (all variables live in the ``'params'`` collection; no batch statisti
     unet.apply({'params': p}, x, t, train=True, rngs={'dropout': key}) -> eps_hat [B,H,W,C]
 
 Steps are always the step number: ``i`` in ``1..T`` for the pixel-aware networks, ``t = n`` in
-``1..T`` for the baseline (``ddpm_alphas_cumprod(config)[n - 1]`` is its ``abar_n``).
+``1..T`` for the baseline (``schedules.ddpm_alphas_cumprod(config)[n - 1]`` is its ``abar_n``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from pixdiff_jax.diffusion import schedules
 from pixdiff_jax.models.scale_vae import BOTTLENECK_SIZE, ScaleVAE
 from pixdiff_jax.models.thead_unet import head_mask, THeadUNet
 from pixdiff_jax.models.unet import UNet, UNetBackbone
@@ -36,7 +35,7 @@ from pixdiff_jax.models.unet import UNet, UNetBackbone
 __all__ = [
     'ScaleVAE', 'THeadUNet', 'UNet', 'UNetBackbone', 'head_mask', 'REVERSE_MODELS', 'VAES',
     'METHOD_MODELS', 'validate_config', 'build_vae', 'build_reverse_model', 'init_params',
-    'count_params', 'vae_estimate_scale', 'vae_decode_prior', 'ddpm_alphas_cumprod',
+    'count_params', 'vae_estimate_scale', 'vae_decode_prior',
     'COMPUTE_DTYPES', 'compute_dtype', 'random_params',
 ]
 
@@ -211,16 +210,3 @@ def vae_decode_prior(vae: ScaleVAE, vae_params, rng: jax.Array, batch_size: int,
   z = jax.random.normal(rng, (batch_size, vae.latent_dim), jnp.float32)
   i = jnp.full((batch_size,), num_steps, jnp.int32)
   return vae.apply({'params': vae_params}, z, i, method='decode')
-
-
-def ddpm_alphas_cumprod(config: ml_collections.ConfigDict) -> np.ndarray:
-  """The baseline's scalar ``abar``: float64 ``[T]``, index ``n-1`` is step ``n``.
-
-  ``config.diffusion.schedule``: ``'linear'`` (``beta_start..beta_end``) or ``'cosine'``.
-  """
-  d = config.diffusion
-  if d.schedule == 'linear':
-    return schedules.linear_alphas_cumprod(d.num_steps, d.beta_start, d.beta_end)
-  if d.schedule == 'cosine':
-    return schedules.cosine_alphas_cumprod(d.num_steps)
-  raise ValueError(f"diffusion.schedule={d.schedule!r} is unknown; known: ['cosine', 'linear']")

@@ -30,7 +30,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from pixdiff_jax import config as config_lib, data, models
-from pixdiff_jax.diffusion import samplers, schedules
+from pixdiff_jax.diffusion import parametrisation, samplers, schedules
 from pixdiff_jax.training import checkpointing
 
 PyTree = Any
@@ -157,7 +157,7 @@ def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
     def model_fn(x_j, xd, j):
       steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (shape[0],))
       z = net.apply({'params': variables['reverse']}, x_j, xd, steps, train=False)
-      return jnp.moveaxis(z, 1, 0)  # [B, T, H, W, C] -> [T, B, H, W, C]
+      return parametrisation.heads_first(z)
 
     def head_fn(x_j, xd, j):  # head clip(j, 1, T) only (heads on demand)
       steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (shape[0],))
@@ -177,7 +177,7 @@ def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
 def _ddpm_family_sample_fn(config, shape, s):
   d = config.diffusion
   net = models.build_reverse_model(config)
-  alphas_cumprod = models.ddpm_alphas_cumprod(config)
+  alphas_cumprod = schedules.ddpm_alphas_cumprod(config)
 
   def eps_fn_for(params):
     def eps_fn(x, n):

@@ -25,8 +25,8 @@ from jaxtyping import Array, Float, Int
 
 from pixdiff_jax import models
 from pixdiff_jax.config import LOSS_WEIGHTINGS, SCALE_SOURCES, VAE_LOSS_SPACES
-from pixdiff_jax.diffusion import schedules
-from pixdiff_jax.diffusion.samplers import TARGETS as _TARGETS
+from pixdiff_jax.diffusion import parametrisation, schedules
+from pixdiff_jax.diffusion.parametrisation import TARGETS as _TARGETS
 
 __all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
            'sample_reverse_example', 'select_heads', 'gaussian_kl']
@@ -113,7 +113,7 @@ def sample_reverse_example(config: ml_collections.ConfigDict, batch_x0: Float[Ar
 
   ``rng_i, rng_chain = jax.random.split(rng)``; ``i = randint(rng_i, [B], 1, T + 1)``; ONE forward
   chain per image, ``xs, e = schedules.forward_chain(rng_chain, x0)``; its own ``x_i`` is the
-  network input and ``schedules.chain_targets(xs, e, x0, target=config.diffusion.target)`` are
+  network input and ``parametrisation.chain_targets(xs, e, x0, target=config.diffusion.target)`` are
   the head targets.
 
   Returns:
@@ -129,9 +129,9 @@ def sample_reverse_example(config: ml_collections.ConfigDict, batch_x0: Float[Ar
   i = _uniform_steps(rng_i, batch, num_steps)
   xs, e = schedules.forward_chain(rng_chain, x0, gamma=gamma, num_steps=num_steps)
   x_i = xs[i, jnp.arange(batch)]
-  targets = schedules.chain_targets(xs, e, x0, gamma=gamma, num_steps=num_steps,
+  targets = parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=num_steps,
                                     target=d.target)
-  return {'i': i, 'x_i': x_i, 'x_T': xs[num_steps], 'targets': jnp.moveaxis(targets, 0, 1),
+  return {'i': i, 'x_i': x_i, 'x_T': xs[num_steps], 'targets': parametrisation.heads_last(targets),
           'mask': models.head_mask(i, num_steps)}
 
 
@@ -291,12 +291,12 @@ def get_ddpm_loss_fn(config: ml_collections.ConfigDict, model: models.UNet) -> L
   ``loss_fn(params, batch_x0, rng, *, train=True) -> (loss, metrics)`` with ``batch_x0`` in
   ``[-1, 1]``: ``rng_n, rng_noise, rng_dropout = jax.random.split(rng, 3)``; ``n ~ U{1..T}``;
   ``x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) noise`` with ``abar`` from
-  :func:`pixdiff_jax.models.ddpm_alphas_cumprod` (``config.diffusion.schedule``); the model is
+  :func:`pixdiff_jax.schedules.ddpm_alphas_cumprod` (``config.diffusion.schedule``); the model is
   called with the step number ``n``; loss = mean squared error to ``noise`` over all pixels.
 
   Metrics: ``mse`` (same as the loss).
   """
-  abar = models.ddpm_alphas_cumprod(config)
+  abar = schedules.ddpm_alphas_cumprod(config)
   num_steps = abar.shape[0]
   sqrt_ab = jnp.asarray(np.sqrt(abar), jnp.float32)
   sqrt_1mab = jnp.asarray(np.sqrt(1.0 - abar), jnp.float32)
