@@ -35,7 +35,7 @@ def test_setting_names_resolve_to_sampler_overrides():
   settings = config_lib.sampler_settings(config, **ancestral.overrides)
   assert (settings['eta'], settings['network_calls'], settings['update']) == (1.0, 8, 'x0_jump')
   assert evaluation.parse_setting('x0_jump_K2_eta0.5', config).overrides['eta'] == 0.5
-  names = [s.name for s in evaluation.settings_for(config, evaluation.default_eval_config())]
+  names = [s.name for s in evaluation.settings_for(config, config_lib.default_eval_config())]
   assert names == list(evaluation.DEFAULT_SETTINGS['pixel_aware'])
   with pytest.raises(ValueError, match='x0_jump_K9'):
     evaluation.parse_setting('x0_jump_K9', config)
@@ -48,7 +48,7 @@ def test_setting_names_resolve_to_sampler_overrides():
 
 
 def test_sample_counts_and_their_errors():
-  ev = evaluation.default_eval_config()
+  ev = config_lib.default_eval_config()
   ev.num_samples = 100
   ev.num_samples_by_setting = 'ddpm:20'
   assert evaluation.sample_counts(ev, ['ddpm', 'ddim_10']) == {'ddpm': 20, 'ddim_10': 100}

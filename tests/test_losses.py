@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from nets_testutil import jit_apply, numpy_init, tiny_config
-from pixdiff_jax import models
+from pixdiff_jax import config as config_lib, models
 from pixdiff_jax.diffusion import schedules
 from pixdiff_jax.training import losses
 
@@ -153,17 +153,17 @@ def test_min_snr_weighting_matches_hand_computation():
   np.testing.assert_allclose(loss, expected, rtol=1e-4)
   assert not np.isclose(expected, np.sum(active * np.mean(c ** 2, axis=(2, 3, 4))) / np.sum(active),
                         rtol=1e-2)  # the weights matter here
-  config.diffusion.loss_weighting = 'snr'
-  with pytest.raises(ValueError, match="loss_weighting='snr' is unknown"):
-    losses.get_reverse_loss_fn(config, stub)
+  config.diffusion.loss_weighting = 'snr'  # checked once, where every config is checked
+  with pytest.raises(ValueError, match="diffusion.loss_weighting must be one of .*got 'snr'"):
+    config_lib.validate_config(config)
 
 
 def test_reverse_loss_config_errors():
   config = tiny_config()
   stub = EchoHeads(T, (B, T, S, S, C))
   config.diffusion.target = 'eps'
-  with pytest.raises(ValueError, match=r"diffusion.target='eps' is unknown"):
-    losses.get_reverse_loss_fn(config, stub, None)
+  with pytest.raises(ValueError, match=r"diffusion.target must be one of .*got 'eps'"):
+    config_lib.validate_config(config)
   config = tiny_config()
   config.diffusion.scale_source = 'vae'
   with pytest.raises(ValueError, match=r"scale_source='vae'.*vae="):
@@ -207,7 +207,11 @@ def test_vae_loss_by_hand(loss_space):
                              rtol=1e-4)
   config.vae.loss_space = 'log'
   with pytest.raises(ValueError, match='vae.loss_space'):
-    losses.get_vae_loss_fn(config, vae)
+    config_lib.validate_config(config)
+  config.vae.loss_space = 'scale'
+  config.vae.kl_weight = -1.0
+  with pytest.raises(ValueError, match='vae.kl_weight must be >= 0'):
+    config_lib.validate_config(config)
 
 
 class EchoEps(nn.Module):

@@ -1,6 +1,6 @@
 """The command-line front of ``--mode eval``, ``--mode compare`` and ``--mode figures``.
 
-main.py only dispatches here; the work is in ``evaluation.py`` and ``figures.py``. The networks
+The CLI only dispatches here; the work is in ``pixdiff_jax.evaluation``. The networks
 always come from the workdir's ``config.json``; a ``--config`` given on the command line must
 describe the same networks and supplies the ``eval`` section (e.g.
 ``--config configs/fashion_mnist.py --config.eval.num_samples=500``).
@@ -21,7 +21,7 @@ def run(mode: str, config, *, workdir: str | None, workdirs: list[str],
   stored = config_lib.load_config(workdir)
   if config is not None:
     config_lib.check_compatible(stored, config)
-  ev = evaluation.eval_config_for(stored, config)
+  ev = config_lib.eval_config_for(stored, config)
   if mode == 'eval':
     results = evaluation.evaluate(workdir, ev)
     return {'results': f'{workdir}/{evaluation.EVAL_DIR}/results.json',

@@ -7,7 +7,6 @@ import logging as std_logging
 import os
 import sys
 
-import ml_collections
 from absl import app, logging
 from ml_collections import config_flags
 
@@ -66,16 +65,12 @@ def _config_for(mode: str, workdir: str):
   if mode in ('sample', 'eval', 'figures') or os.path.exists(config_lib.config_path(workdir)):
     config = config_lib.load_config(workdir)
     if mode in ('eval', 'figures') and 'eval' not in config:  # trained before config.eval
-      from pixdiff_jax import evaluation  # pylint: disable=g-import-not-at-top
-      config.eval = evaluation.default_eval_config()
-    for dotted, value in config_flags.get_override_values(FLAGS['config']).items():
-      *parents, leaf = dotted.split('.')
-      node = config
-      for name in parents:
-        node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
-      if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        raise UsageError(f'--config.{dotted}: no such field in {config_lib.config_path(workdir)}')
-      node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], tuple) else value
+      config.eval = config_lib.default_eval_config()
+    try:
+      config_lib.apply_overrides(config, config_flags.get_override_values(FLAGS['config']),
+                                 config_lib.config_path(workdir))
+    except ValueError as err:
+      raise UsageError(str(err)) from err
     return config
   return FLAGS.config
 

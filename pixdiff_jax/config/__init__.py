@@ -9,5 +9,8 @@ from pixdiff_jax.config.checks import (LOSS_WEIGHTINGS, METHODS, PRIORS, SAMPLER
                                        architecture_differences, check_compatible,
                                        one_head_baseline_config, sampler_settings,
                                        tuples_from_json, validate_config)
-from pixdiff_jax.config.files import (config_path, load_config, load_config_file,  # noqa: F401
-                                      load_config_module, save_config, sibling_config)
+from pixdiff_jax.config.defaults import (default_eval_config, eval_config_for,  # noqa: F401
+                                         get_default_config)
+from pixdiff_jax.config.files import (apply_overrides, config_path, load_config,  # noqa: F401
+                                      load_config_file, load_config_module, save_config,
+                                      sibling_config)

@@ -80,6 +80,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(n, int) or n == 1 or n < 0:
       raise ValueError(f'diffusion.heads_per_example must be 0 (all heads) or an int >= 2, '
                        f'got {n!r}')
+    if not config.vae.get('kl_weight', 1.0) >= 0:
+      raise ValueError(f'vae.kl_weight must be >= 0, got {config.vae.kl_weight!r}')
     if config.vae.get('loss_space', 'scale') not in VAE_LOSS_SPACES:
       raise ValueError(f'vae.loss_space must be one of {VAE_LOSS_SPACES}, '
                        f'got {config.vae.loss_space!r}')

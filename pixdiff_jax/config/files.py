@@ -55,3 +55,22 @@ def sibling_config(config_file: str, name: str):
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """``get_config()`` of the config file at ``path``."""
   return load_config_module(path).get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, source: str
+                    ) -> ml_collections.ConfigDict:
+  """Sets ``{'a.b': value}`` overrides (``--config.a.b=value``) on ``config`` in place.
+
+  Each path must name an existing field of ``config`` (``source`` says where it came from in
+  the error); tuple fields keep their type (JSON stores them as lists).
+  """
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split('.')
+    node = config
+    for name in parents:
+      node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise ValueError(f'--config.{dotted}: no such field in {source}')
+    node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], tuple) else value
+  return config
+

@@ -43,8 +43,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-__all__ = ['DEFAULT_SETTINGS', 'RESULT_COLUMNS', 'EVAL_DIR', 'EvalError', 'default_eval_config',
-           'eval_config_for', 'Setting', 'parse_setting', 'settings_for', 'sample_counts',
+__all__ = ['DEFAULT_SETTINGS', 'RESULT_COLUMNS', 'EVAL_DIR', 'EvalError', 'Setting', 'parse_setting', 'settings_for', 'sample_counts',
            'Scorer', 'check_inception_weights', 'evaluate', 'method_label', 'results_markdown',
            'compare']
 
@@ -64,28 +63,6 @@ class EvalError(ValueError):
 
 
 # ---------------------------------------------------------------------------- eval settings
-def default_eval_config() -> ml_collections.ConfigDict:
-  """The ``eval`` section of ``configs/default.py``."""
-  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  path = os.path.join(root, 'configs', 'default.py')
-  return config_lib.load_config_module(path).get_default_config().eval
-
-
-def eval_config_for(stored: ml_collections.ConfigDict,
-                    given: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
-  """The eval settings: the command line's config if given, else the workdir's, else defaults.
-
-  Workdirs trained before ``config.eval`` existed have no such section; every missing field is
-  taken from ``configs/default.py``.
-  """
-  ev = default_eval_config()
-  source = given if given is not None else stored
-  if 'eval' in source:
-    ev.update(source.eval)
-  return ev
-
-
 @dataclasses.dataclass(frozen=True)
 class Setting:
   """One sampler setting of ``--mode eval``."""

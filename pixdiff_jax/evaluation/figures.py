@@ -284,7 +284,7 @@ def fig_samples(path: str, workdir: str, config, seed: int) -> list[str]:
   read = evaluation._read_json  # pylint: disable=protected-access
   scores = {r['setting']: r['fd_efflite0'] for r in read(
       os.path.join(eval_dir, 'results.json'), {}).get('settings', [])}
-  names = [s.name for s in evaluation.settings_for(config, evaluation.default_eval_config())]
+  names = [s.name for s in evaluation.settings_for(config, config_lib.default_eval_config())]
   names += sorted(n[:-4] for n in os.listdir(eval_dir) if n.endswith('.npz')
                   and n[:-4] not in names) if os.path.isdir(eval_dir) else []
   panels = []
