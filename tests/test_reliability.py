@@ -23,6 +23,7 @@ from PIL import Image
 from cli_testutil import ROOT, error_lines, main_cmd, main_env, run_main
 from pixdiff_jax import config as config_lib, data, sampling
 from pixdiff_jax.training import checkpointing
+from pixdiff_jax.training.state import create_train_state, make_optimizer
 
 
 # ---------------------------------------------------------------------------- import graph
@@ -140,6 +141,13 @@ def _damage(step_dir: pathlib.Path, kind: str) -> None:
     raise ValueError(kind)
 
 
+def _abstract_train_state(config, name):
+  """Shapes of stage ``name``'s whole train state (parameters, EMA, optimiser state)."""
+  tx = make_optimizer(config.optim)
+  return jax.eval_shape(lambda p: create_train_state(p, tx),
+                        checkpointing.abstract_params(config, name))
+
+
 DAMAGE = ['truncated data file', 'overwritten bytes', 'wrong checksum', 'missing _METADATA',
           'missing item folder', 'truncated manifest']
 
@@ -151,7 +159,7 @@ def test_unreadable_latest_checkpoint_is_moved_aside_and_the_older_one_used(smok
   _damage(stage_dir / '6', kind)
   warnings = []
   ckpt = checkpointing.StageCheckpointer(smoke_copy, 'reverse', read_only=True)
-  state, step = ckpt.restore_latest(checkpointing.abstract_train_state(config, 'reverse'),
+  state, step = ckpt.restore_latest(_abstract_train_state(config, 'reverse'),
                                     warn=warnings.append)
   ckpt.close()
   assert (step, int(state.step)) == (4, 4)
@@ -222,6 +230,41 @@ def test_sample_mode_falls_back_and_names_the_checkpoint_steps(smoke_copy):
     assert f['images'].shape == (3, 32, 32, 1)
 
 
+def test_parameters_load_whatever_optimiser_wrote_them(smoke_workdir):
+  """Sampling reads the (EMA) parameters only: an optimiser config that changes the optimiser
+  state's structure (no gradient clipping: one transformation fewer in the chain) still loads
+  the same parameters, while the training state itself no longer fits."""
+  config = config_lib.load_config(smoke_workdir)
+  assert config.optim.grad_clip > 0
+  other = config_lib.load_config(smoke_workdir)
+  other.optim.grad_clip = 0.0
+  for stage in ('vae', 'reverse'):
+    for use_ema in (True, False):
+      want, step = checkpointing.load_stage(config, smoke_workdir, stage, use_ema=use_ema)
+      got, step2 = checkpointing.load_stage(other, smoke_workdir, stage, use_ema=use_ema)
+      assert step == step2 == 6
+      assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+      for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  ema, _ = checkpointing.load_stage(other, smoke_workdir, 'reverse', use_ema=True)
+  raw, _ = checkpointing.load_stage(other, smoke_workdir, 'reverse', use_ema=False)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(ema),
+                                                      jax.tree_util.tree_leaves(raw)))
+  # The whole train state (what resuming needs) depends on the optimiser: refused as before.
+  params = checkpointing.abstract_params(config, 'vae')
+  ckpt = checkpointing.StageCheckpointer(str(smoke_workdir), 'vae', read_only=True)
+  try:
+    for optim, fits in ((config.optim, True), (other.optim, False)):
+      state = jax.eval_shape(lambda p, o=optim: create_train_state(p, make_optimizer(o)), params)
+      if fits:
+        ckpt.restore(state)
+      else:
+        with pytest.raises(checkpointing.CheckpointMismatchError):
+          ckpt.restore(state)
+  finally:
+    ckpt.close()
+
+
 # ---------------------------------------------------------------------------- divergence
 @pytest.mark.parametrize('extra, why', [
     (['--config.training.vae_steps=40', '--config.training.max_skipped_updates=3'],
@@ -247,7 +290,7 @@ def test_huge_learning_rate_stops_with_one_line(tmp_path, extra, why):
   config = config_lib.load_config(workdir)
   for s in steps:  # every checkpoint that was written holds finite values (restore checks)
     ckpt = checkpointing.StageCheckpointer(workdir, 'vae', read_only=True)
-    ckpt.restore(checkpointing.abstract_train_state(config, 'vae'), s)
+    ckpt.restore(_abstract_train_state(config, 'vae'), s)
     ckpt.close()
 
 

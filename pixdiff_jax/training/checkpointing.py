@@ -31,7 +31,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pixdiff_jax import models
-from pixdiff_jax.training.state import create_train_state, make_optimizer
 
 PyTree = Any
 
@@ -188,9 +187,14 @@ class StageCheckpointer:
         default=ocp.args.StandardSave(state),
         checksums=ocp.args.JsonSave(array_checksums(state))), force=force)
 
-  def restore(self, target: Any, step: int | None = None) -> Any:
+  def restore(self, target: Any, step: int | None = None, *, params_only: bool = False) -> Any:
     """Restores ``step`` (latest by default) into the structure of ``target`` (arrays or
     ShapeDtypeStructs).
+
+    With ``params_only``, ``target`` is ``{'params': P, 'ema_params': P}`` for the network's
+    parameter tree ``P``: only those two are checked against the stored arrays, and the whole
+    stored state is read in its stored structure (whatever optimiser wrote it) and returned as
+    a dict, so that sampling does not depend on the optimiser config.
 
     Raises:
       CheckpointMismatchError: the stored arrays do not have the target's paths and shapes.
@@ -212,6 +216,10 @@ class StageCheckpointer:
     if metadata is None or not jax.tree_util.tree_leaves(metadata):
       raise CheckpointUnreadableError('no saved state in it (item folder or metadata missing)')
     stored, wanted = shapes_by_path(metadata), shapes_by_path(abstract)
+    if params_only:
+      stored = {k: v for k, v in stored.items() if k.split('/')[0] in abstract}
+      abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                        metadata)
     if stored != wanted:
       raise CheckpointMismatchError(
           f'checkpoint {where} does not match the network built from this config '
@@ -248,8 +256,8 @@ class StageCheckpointer:
     self.manager.reload()
     return dest
 
-  def restore_latest(self, target: Any, *,
-                     warn: Callable[[str], None] | None = None) -> tuple[Any, int] | None:
+  def restore_latest(self, target: Any, *, warn: Callable[[str], None] | None = None,
+                     params_only: bool = False) -> tuple[Any, int] | None:
     """Restores the newest readable step; ``None`` if the stage has no checkpoint at all.
 
     Every unreadable newer step is moved aside (process 0 moves; every process skips it) and
@@ -263,7 +271,7 @@ class StageCheckpointer:
     broken = []
     for step in reversed(self.all_steps()):
       try:
-        return self.restore(target, step), step
+        return self.restore(target, step, params_only=params_only), step
       except CheckpointUnreadableError as err:
         where = self.step_dir(step)
         note = f'checkpoint {where} is unreadable: {err}'
@@ -294,12 +302,11 @@ def stages_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, name: str) -> PyTree:
-  """Shapes and dtypes of stage ``name``'s train state (``jax.eval_shape``: nothing is run)."""
+def abstract_params(config: ml_collections.ConfigDict, name: str) -> PyTree:
+  """Shapes and dtypes of stage ``name``'s network parameters (``jax.eval_shape``: nothing is
+  run); the optimiser plays no part."""
   net = models.build_vae(config) if name == 'vae' else models.build_reverse_model(config)
-  tx = make_optimizer(config.optim)
-  return jax.eval_shape(lambda k: create_train_state(models.init_params(net, config, k), tx),
-                        jax.random.PRNGKey(0))
+  return jax.eval_shape(lambda k: models.init_params(net, config, k), jax.random.PRNGKey(0))
 
 
 def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, *,
@@ -312,13 +319,14 @@ def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, *,
   ckpt = StageCheckpointer(os.fspath(workdir), name, keep=config.training.keep_checkpoints,
                            read_only=True)
   try:
-    found = ckpt.restore_latest(abstract_train_state(config, name))
+    params = abstract_params(config, name)
+    found = ckpt.restore_latest({'params': params, 'ema_params': params}, params_only=True)
   finally:
     ckpt.close()
   if found is None:
     raise FileNotFoundError(f'no checkpoint for stage {name!r} in {ckpt.directory}')
   state, step = found
-  return (state.ema_params if use_ema else state.params), step
+  return state['ema_params' if use_ema else 'params'], step
 
 
 def load_stage_params(config: ml_collections.ConfigDict, workdir: str, name: str, *,
