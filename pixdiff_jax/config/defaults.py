@@ -2,7 +2,7 @@
 
 Each experiment config (``configs/cifar10.py`` ...) starts from ``get_default_config()`` and
 overrides fields; a stored ``config.json`` of an older version gets the fields it lacks from here
-(:func:`pixdiff_jax.config.with_defaults`). Field groups:
+(:func:`eval_config_for`). Field groups:
 
 - ``data``:      what is trained on and how it is scaled.
 - ``diffusion``: the forward process (pixel-aware or the scalar DDPM baseline schedule).
@@ -19,13 +19,25 @@ import ml_collections
 
 
 def get_default_config() -> ml_collections.ConfigDict:
+  """The complete default config: every field of every section, documented below."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   # 'pixel_aware': two stages (VAE, then T-headed reverse model). 'ddpm': one-head baseline.
   config.method = 'pixel_aware'
+  config.data = _data()
+  config.diffusion = _diffusion()
+  config.vae = _vae()
+  config.model = _model(config.diffusion)
+  config.training = _training()
+  config.optim = _optim()
+  config.sampling = _sampling()
+  config.eval = _eval()
+  return config
 
-  # ---------------------------------------------------------------- data
-  data = config.data = ml_collections.ConfigDict()
+
+def _data() -> ml_collections.ConfigDict:
+  """``config.data``: what is trained on and how it is scaled."""
+  data = ml_collections.ConfigDict()
   # 'fashion_mnist' | 'mnist' | 'cifar10' (cifar-10-python.tar.gz) | 'celeba'
   # (img_align_celeba.zip or folder) | 'npz' | 'folder' | 'tfds:<name>' (e.g. 'tfds:cifar10').
   data.dataset = 'fashion_mnist'
@@ -39,9 +51,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   data.random_flip = False
   data.dequantize = False    # uniform dequantisation of the 8-bit values
   data.max_examples = 0      # 0 = all; >0 takes the first N (tests, quick checks)
+  return data
 
-  # ---------------------------------------------------------------- diffusion
-  diffusion = config.diffusion = ml_collections.ConfigDict()
+
+def _diffusion() -> ml_collections.ConfigDict:
+  """``config.diffusion``: the forward process (pixel-aware, or the baseline's scalar schedule)."""
+  diffusion = ml_collections.ConfigDict()
   diffusion.num_steps = 200    # T
   diffusion.gamma = 20.0       # pixel-aware rate; eq. 7-9
   diffusion.eps = 4e-3         # x0 lies in [eps, 1]
@@ -66,9 +81,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   diffusion.schedule = 'linear'
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 0.02
+  return diffusion
 
-  # ---------------------------------------------------------------- scale estimator G
-  vae = config.vae = ml_collections.ConfigDict()
+
+def _vae() -> ml_collections.ConfigDict:
+  """``config.vae``: the scale estimator G (stage 1; unused by the DDPM baseline)."""
+  vae = ml_collections.ConfigDict()
   vae.name = 'scale_vae'
   vae.ch = 64
   vae.ch_mult = (1, 2, 2, 2)   # len-1 downsamplings: 32x32 -> 4x4 bottleneck
@@ -79,9 +97,13 @@ def get_default_config() -> ml_collections.ConfigDict:
   vae.loss_space = 'scale'      # MSE on x_delta (docs/design.md 2) | 'x0': on the implied image
   # Compute dtype: 'float32' | 'bfloat16' (accelerators; parameters, loss stay float32).
   vae.dtype = 'float32'
+  return vae
 
-  # ---------------------------------------------------------------- reverse model R
-  model = config.model = ml_collections.ConfigDict()
+
+def _model(diffusion: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config.model``: the reverse model R (T-headed U-Net) or the one-head baseline U-Net;
+  ``num_heads`` follows ``diffusion.num_steps``."""
+  model = ml_collections.ConfigDict()
   model.name = 'thead_unet'    # 'thead_unet' | 'unet' (one-head baseline)
   model.ch = 64
   model.ch_mult = (1, 2, 2)
@@ -97,9 +119,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   # (needs diffusion.target='x0'); False = the paper's heads.
   model.residual_heads = False
   model.dtype = 'float32'      # compute dtype, as vae.dtype
+  return model
 
-  # ---------------------------------------------------------------- training
-  training = config.training = ml_collections.ConfigDict()
+
+def _training() -> ml_collections.ConfigDict:
+  """``config.training``: steps, batch size, logging and checkpoint cadence, EMA."""
+  training = ml_collections.ConfigDict()
   training.batch_size = 64      # global batch, split over local devices
   training.vae_steps = 2000      # stage 1 (ignored by method='ddpm')
   training.reverse_steps = 4000  # stage 2, or the single stage of method='ddpm'
@@ -113,18 +138,24 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Stop (exit 2) after this many consecutive updates with non-finite gradients (each one is
   # skipped); a checkpoint is only written while the parameters are finite.
   training.max_skipped_updates = 10
+  return training
 
-  # ---------------------------------------------------------------- optimiser
-  optim = config.optim = ml_collections.ConfigDict()
+
+def _optim() -> ml_collections.ConfigDict:
+  """``config.optim``: optax Adam with warmup and gradient clipping."""
+  optim = ml_collections.ConfigDict()
   optim.lr = 2e-4
   optim.warmup_steps = 500
   optim.b1 = 0.9
   optim.b2 = 0.999
   optim.eps = 1e-8
   optim.grad_clip = 1.0
+  return optim
 
-  # ---------------------------------------------------------------- sampling
-  sampling = config.sampling = ml_collections.ConfigDict()
+
+def _sampling() -> ml_collections.ConfigDict:
+  """``config.sampling``: the sampler and its settings (``preset`` picks named bundles)."""
+  sampling = ml_collections.ConfigDict()
   # 'paper' forces K=1, eta=1, no clipping, prior='standard' (with target='cumulative').
   # 'custom' uses the fields below as given.
   sampling.preset = 'custom'
@@ -139,9 +170,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   sampling.num_steps = 50       # S for DDIM / DPM-Solver
   sampling.batch_size = 64
   sampling.use_ema = True
+  return sampling
 
-  # ---------------------------------------------------------------- evaluation (--mode eval)
-  ev = config.eval = ml_collections.ConfigDict()
+
+def _eval() -> ml_collections.ConfigDict:
+  """``config.eval``: ``--mode eval`` (sample counts, sampler settings, Frechet metrics)."""
+  ev = ml_collections.ConfigDict()
   # Comma-separated sampler settings (pixdiff_jax/evaluation/evaluator.py, parse_setting); '' = the
   # method's default list: pixel-aware 'paper,consistent,x0_jump_K1,x0_jump_K2,x0_jump_K5,
   # x0_jump_KT,vae_prior'; DDPM 'ddpm,ddim_10,ddim_20,ddim_50,ddim_100,dpm_solver_10,
@@ -161,8 +195,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   ev.efflite0_weights = ''      # '' = the converted weights the metrics package finds itself
   ev.reference_max_examples = 0  # tests only: > 0 uses the first N reference images, not all
   ev.grid_size = 64             # images in each setting's PNG grid
-  return config
-
+  return ev
 
 def default_eval_config() -> ml_collections.ConfigDict:
   """The ``eval`` section of :func:`get_default_config` (``--mode eval`` / ``figures``)."""

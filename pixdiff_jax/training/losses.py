@@ -15,6 +15,7 @@ Steps are drawn uniformly per example: ``i ~ U{1..T}`` (pixel-aware), ``n ~ U{1.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -205,14 +206,20 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
   number of active heads).
   """
   d = config.diffusion
-  gamma, num_steps = float(d.gamma), int(d.num_steps)
+  num_steps = int(d.num_steps)
   if d.scale_source != 'true' and vae is None:
     raise ValueError(f'diffusion.scale_source={d.scale_source!r} needs the stage-1 VAE: pass vae=')
   if getattr(model, 'num_heads', num_steps) != num_steps:
     raise ValueError(f'model has {model.num_heads} heads but diffusion.num_steps={num_steps}')
 
   diagonal_weight = float(d.get('diagonal_weight', 1.0))
-  weighting = d.get('loss_weighting', 'none')
+  # Everything the loss reads from the config is read here, once: a config changed after the
+  # factory returned must not change the loss when it is (re)traced.
+  scale = functools.partial(_reverse_model_scale, vae, scale_source=d.scale_source,
+                            gamma=float(d.gamma), num_steps=num_steps)
+  weights = functools.partial(
+      _pixel_weights, weighting=d.get('loss_weighting', 'none'), gamma=float(d.gamma),
+      num_steps=num_steps, snr_gamma=float(d.get('min_snr_gamma', 5.0)), target=d.target)
   heads_per_example = int(d.get('heads_per_example', 0))
 
   def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
@@ -221,48 +228,77 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
     x0 = jnp.asarray(batch_x0, jnp.float32)
     rng_example, rng_dropout = jax.random.split(rng)
     ex = sample_reverse_example(config, x0, rng_example)
-    i, x_i = ex['i'], ex['x_i']
-    if d.scale_source in ('vae', 'vae_at_T'):
-      if vae_params is None:
-        raise ValueError(f'diffusion.scale_source={d.scale_source!r} needs the frozen VAE: pass '
-                         'vae_params=')
-      if d.scale_source == 'vae':
-        x_in, i_in = x_i, i
-      else:
-        x_in, i_in = ex['x_T'], jnp.full_like(i, num_steps)
-      x_delta_hat = jax.lax.stop_gradient(models.vae_estimate_scale(vae, vae_params, x_in, i_in))
-    else:
-      x_delta_hat = schedules.image_scale(x0, gamma)
-    if weighting == 'min_snr':  # [B, 1, H, W, C]: one weight per pixel, every head alike
-      pixel_w = schedules.min_snr_weight(
-          schedules.image_scale(x0, gamma), _bcast(i, x0), num_steps,
-          snr_gamma=float(d.get('min_snr_gamma', 5.0)), target=d.target)[:, None]
-    else:
-      pixel_w = 1.0
+    x_delta_hat = scale(vae_params, ex, x0)
+    pixel_w = weights(x0, ex['i'])
+    apply = functools.partial(model.apply, {'params': params}, ex['x_i'], x_delta_hat, ex['i'],
+                              train=train, rngs={'dropout': rng_dropout})
     if heads_per_example:
-      heads, w = select_heads(jax.random.fold_in(rng, 1) if heads_rng is None else heads_rng,
-                              i, num_steps=num_steps, heads_per_example=heads_per_example,
-                              diagonal_weight=diagonal_weight)
-      z = model.apply({'params': params}, x_i, x_delta_hat, i, train=train, heads=heads,
-                      rngs={'dropout': rng_dropout})  # [B, n, H, W, C]
-      targets = jnp.take_along_axis(ex['targets'], (heads - 1)[:, :, None, None, None], axis=1)
-      se = jnp.mean(pixel_w * jnp.square(z - targets), axis=(2, 3, 4))  # [B, n]
-      denominator = jnp.sum(i.astype(se.dtype)) + x0.shape[0] * (diagonal_weight - 1.0)
-      loss = jnp.sum(se * w) / denominator
-      return loss, {'mse_head_i': jnp.mean(se[:, 0]),
-                    'active_heads': jnp.mean(i.astype(se.dtype))}
-    z = model.apply({'params': params}, x_i, x_delta_hat, i, train=train,
-                    rngs={'dropout': rng_dropout})
-    se = jnp.mean(pixel_w * jnp.square(z - ex['targets']), axis=(2, 3, 4))  # [B, T]
-    mask = ex['mask'].astype(se.dtype)
-    num_active = jnp.sum(mask)
-    batch = jnp.arange(x0.shape[0])
-    weight = mask.at[batch, i - 1].add(diagonal_weight - 1.0)
-    loss = jnp.sum(se * weight) / jnp.sum(weight)
-    return loss, {'mse_head_1': jnp.mean(se[:, 0]), 'mse_head_i': jnp.mean(se[batch, i - 1]),
-                  'active_heads': num_active / x0.shape[0]}
+      heads_rng = jax.random.fold_in(rng, 1) if heads_rng is None else heads_rng
+      return _loss_on_selected_heads(apply, ex, pixel_w, heads_rng, num_steps=num_steps,
+                                     heads_per_example=heads_per_example,
+                                     diagonal_weight=diagonal_weight)
+    return _loss_on_all_heads(apply, ex, pixel_w, diagonal_weight=diagonal_weight)
 
   return loss_fn
+
+
+def _reverse_model_scale(vae, vae_params, ex: dict[str, Array], x0: Float[Array, 'B H W C'], *,
+                         scale_source: str, gamma: float, num_steps: int
+                         ) -> Float[Array, 'B H W C']:
+  """The scale the reverse model is conditioned on (``diffusion.scale_source``): the frozen
+  VAE's estimate from ``x_i`` (``'vae'``) or from the chain's ``x_T`` (``'vae_at_T'``), or the
+  true ``exp(-gamma x0)`` (``'true'``)."""
+  if scale_source == 'true':
+    return schedules.image_scale(x0, gamma)
+  if vae_params is None:
+    raise ValueError(f'diffusion.scale_source={scale_source!r} needs the frozen VAE: pass '
+                     'vae_params=')
+  i = ex['i']
+  if scale_source == 'vae':
+    x_in, i_in = ex['x_i'], i
+  else:
+    x_in, i_in = ex['x_T'], jnp.full_like(i, num_steps)
+  return jax.lax.stop_gradient(models.vae_estimate_scale(vae, vae_params, x_in, i_in))
+
+
+def _pixel_weights(x0: Float[Array, 'B H W C'], i: Int[Array, 'B'], *, weighting: str,
+                   gamma: float, num_steps: int, snr_gamma: float, target: str):
+  """Per-pixel loss weights ``[B, 1, H, W, C]`` (every head alike) for
+  ``diffusion.loss_weighting='min_snr'``; ``1.0`` for ``'none'``."""
+  if weighting != 'min_snr':
+    return 1.0
+  return schedules.min_snr_weight(schedules.image_scale(x0, gamma), _bcast(i, x0), num_steps,
+                                  snr_gamma=snr_gamma, target=target)[:, None]
+
+
+def _loss_on_selected_heads(apply: Callable, ex: dict[str, Array], pixel_w, heads_rng, *,
+                            num_steps: int, heads_per_example: int,
+                            diagonal_weight: float) -> tuple[Array, Metrics]:
+  """The unbiased subsampled loss: ``n`` heads per example (:func:`select_heads`)."""
+  i = ex['i']
+  heads, w = select_heads(heads_rng, i, num_steps=num_steps, heads_per_example=heads_per_example,
+                          diagonal_weight=diagonal_weight)
+  z = apply(heads=heads)  # [B, n, H, W, C]
+  targets = jnp.take_along_axis(ex['targets'], (heads - 1)[:, :, None, None, None], axis=1)
+  se = jnp.mean(pixel_w * jnp.square(z - targets), axis=(2, 3, 4))  # [B, n]
+  denominator = jnp.sum(i.astype(se.dtype)) + i.shape[0] * (diagonal_weight - 1.0)
+  loss = jnp.sum(se * w) / denominator
+  return loss, {'mse_head_i': jnp.mean(se[:, 0]), 'active_heads': jnp.mean(i.astype(se.dtype))}
+
+
+def _loss_on_all_heads(apply: Callable, ex: dict[str, Array], pixel_w, *,
+                       diagonal_weight: float) -> tuple[Array, Metrics]:
+  """The masked loss over all ``T`` heads (heads ``j > i`` weigh 0)."""
+  i = ex['i']
+  z = apply()
+  se = jnp.mean(pixel_w * jnp.square(z - ex['targets']), axis=(2, 3, 4))  # [B, T]
+  mask = ex['mask'].astype(se.dtype)
+  num_active = jnp.sum(mask)
+  batch = jnp.arange(i.shape[0])
+  weight = mask.at[batch, i - 1].add(diagonal_weight - 1.0)
+  loss = jnp.sum(se * weight) / jnp.sum(weight)
+  return loss, {'mse_head_1': jnp.mean(se[:, 0]), 'mse_head_i': jnp.mean(se[batch, i - 1]),
+                'active_heads': num_active / i.shape[0]}
 
 
 # ---------------------------------------------------------------------------- DDPM baseline
