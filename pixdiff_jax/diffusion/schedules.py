@@ -153,8 +153,8 @@ def posterior_mean_coefs(x_delta: Float[ArrayLike, '*shape'], i: ArrayLike, num_
   b = beta(x_delta, num_steps)
   c_x0 = jnp.sqrt(alpha_bar(x_delta, im1, num_steps)) * b / safe
   # At i = 1, c_x0 = beta / (1 - abar_1) is 1 only if both are rounded identically; XLA does not
-  # guarantee that (constant folding divides exactly, run-time code multiplies by 1/T: measured
-  # c_x0 up to 1 + 4e-7 under jit), so pin it: the posterior at i = 1 is the point mass at x0.
+  # guarantee that (constant folding divides exactly, run-time code multiplies by 1/T; docs/
+  # design.md section 3), so pin it: the posterior at i = 1 is the point mass at x0.
   c_x0 = jnp.where(i == 1, 1.0, c_x0)
   c_xi = jnp.sqrt(alpha(x_delta, num_steps)) * one_minus_alpha_bar(x_delta, im1, num_steps) / safe
   return jnp.where(i > 0, c_x0, 0.0), jnp.where(i > 0, c_xi, 1.0)

@@ -85,8 +85,7 @@ class ShiftConv(nn.Module):
   Same parameters as ``nn.Conv(features, (k, k))`` (``kernel [k, k, Cin, features]``, ``bias``).
   Used inside the T heads: under ``nn.vmap`` with stacked per-head kernels, ``nn.Conv`` becomes
   a grouped convolution, whose gradient XLA:CPU compiles and runs orders of magnitude slower
-  (measured: 63 s vs 0.14 s per gradient for 100 heads of a 1x1 conv at batch 32, 32x32),
-  while this form becomes a batched ``dot_general``.
+  (docs/performance.md, "CPU efficiency"), while this form becomes a batched ``dot_general``.
   """
   features: int
   kernel_size: int = 3
