@@ -1,21 +1,9 @@
 """Fashion-MNIST on 2 CPU cores: the offline main job (both stages + samples in at most 20 min;
 timing and scores in docs/results.md section 6.2).
 
-Sized for the budget rather than for the paper; every choice below was measured on the 2-core
-machine at batch 32 (docs/results.md sections 2-3 and 6): narrow networks and light heads (no
-per-head residual blocks); T = 10 rather than 50 (a train step costs 0.77 s instead of 1.44 s, and
-each head is the diagonal head ``j = i`` five times as often); gamma = 8 (candidate C6 of results
-section 6: the default preset's FD_efflite0 522 instead of 586 with gamma = 4); every head
-conditioned on the VAE's estimate from the chain's ``x_T`` (``scale_source='vae_at_T'``, as the
-sampler's scale prior: candidate C7, better than ``G(x_i, i)`` with 1, 2 and 10 calls); heads that
-predict the clean image (``target='x0'``: the paper's eps-like cumulative target left speckled
-interiors) with the diagonal head weighted 5x; two heads per example in the loss
-(``heads_per_example=2``: the diagonal head and one random other, unbiased; a reverse step costs
-0.69 instead of 0.89 s in training); the 20 minutes split as 600 VAE steps + 1000 reverse steps
-(candidates C9-C12: reverse steps buy more than VAE steps); the VAE fitted in image space
-(``vae.loss_space='x0'``: the scale-space MSE hardly sees bright pixels) with a KL weight of 1 (a
-Gaussian decoder of std 0.7 per pixel: the weaker 1e-3 left holes in the latent space, and its
-prior samples were blobs); a high learning rate with a short warmup, EMA warm-up.
+Sized for the budget rather than for the paper: narrow networks, T = 10, gamma = 8, heads that
+predict the clean image and are conditioned on the VAE's estimate from ``x_T``, two heads per
+example in the loss. Why each value, with the measurements: docs/results.md section 6.3.
 Sampling: the ``consistent`` preset with one network call per step. Data: the Debian package
 ``dataset-fashion-mnist`` (28x28 padded to 32x32).
 """
