@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
+from pixdiff_jax.errors import UserError
 
-class UsageError(Exception):
+
+class UsageError(UserError):
   """A user mistake: printed as one line, no traceback."""
 
 

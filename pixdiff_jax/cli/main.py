@@ -14,6 +14,7 @@ from ml_collections import config_flags
 from pixdiff_jax.cli import report as report_lib, sample_mode
 from pixdiff_jax.cli.errors import check_writable_dir, fail, UsageError
 from pixdiff_jax.cli.flags import FLAGS, parse_flags
+from pixdiff_jax.errors import UserError
 
 
 def _info(config) -> dict:
@@ -148,9 +149,10 @@ def main(argv):
                 f'{summary["network_evals"]} network calls each); wrote:',
                 [f'  images  {summary["npz"]}  (uint8 [N, H, W, C], key "images")',
                  f'  grid    {summary["png"]}'])
-  except (UsageError, ValueError, FileNotFoundError, distributed.DistributedError) as err:
+  except UserError as err:
     # User mistakes (bad config, missing data or checkpoints) end in one readable line; in a
     # multi-process job the other processes end with it too (instead of waiting for this one).
+    # Anything else is a bug and keeps its traceback.
     if os.environ.get('PIXDIFF_TRACEBACK'):
       raise
     print(f'error: {err}', file=sys.stderr)

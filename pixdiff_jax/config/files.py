@@ -8,6 +8,7 @@ import os
 import ml_collections
 
 from pixdiff_jax.config.checks import tuples_from_json
+from pixdiff_jax.errors import InputError, NotFoundError
 
 
 def config_path(workdir: str) -> str:
@@ -23,9 +24,14 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = config_path(workdir)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir of a training run?')
+    raise NotFoundError(f'{path} not found: is {workdir!r} the --workdir of a training run?')
   with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(tuples_from_json(json.load(f)))
+    try:
+      stored = json.load(f)
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+      raise InputError(f'{path} is not a readable config ({err}); restore it, or give the config '
+                       'it was trained with as --config') from err
+  return ml_collections.ConfigDict(tuples_from_json(stored))
 
 
 def load_config_module(path: str):
@@ -34,7 +40,7 @@ def load_config_module(path: str):
   import pathlib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path).resolve()
   if not path.exists():
-    raise FileNotFoundError(f'config file {path} not found')
+    raise NotFoundError(f'config file {path} not found')
   spec = importlib.util.spec_from_file_location(f'_pixdiff_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -60,6 +60,7 @@ import numpy as np
 from jaxtyping import Float, UInt8
 
 from pixdiff_jax.data import celeba_images, cifar10_archive
+from pixdiff_jax.errors import ConfigError, InputError
 
 __all__ = [
     'DatasetNotFoundError', 'ImageSource', 'ArraySource', 'TfdsSource', 'LazySource',
@@ -80,7 +81,7 @@ _IDX_SPLIT_PREFIX = {'train': 'train', 'test': 't10k'}
 Method = Literal['pixel_aware', 'ddpm']
 
 
-class DatasetNotFoundError(ValueError):
+class DatasetNotFoundError(InputError):
   """The requested dataset is not on this machine; the message says how to get it."""
 
 
@@ -115,7 +116,7 @@ _HOW_TO_GET = {
 # ---------------------------------------------------------------------------- scaling
 def _check_method(method: str) -> None:
   if method not in _METHODS:
-    raise ValueError(f'config.method must be one of {_METHODS}, got {method!r}')
+    raise ConfigError(f'config.method must be one of {_METHODS}, got {method!r}')
 
 
 def value_range(method: Method = 'pixel_aware', eps: float = 4e-3) -> tuple[float, float]:
@@ -127,7 +128,7 @@ def value_range(method: Method = 'pixel_aware', eps: float = 4e-3) -> tuple[floa
   if method == 'ddpm':
     return -1.0, 1.0
   if not 0.0 <= eps < 1.0:
-    raise ValueError(f'config.diffusion.eps must lie in [0, 1), got {eps}')
+    raise ConfigError(f'config.diffusion.eps must lie in [0, 1), got {eps}')
   return float(np.float32(eps)), 1.0
 
 
@@ -306,7 +307,7 @@ class TfdsSource(ImageSource):
     image_size, num_channels, pad, center_crop = self._size
     for j, row in enumerate(rows):
       if row.dtype != np.uint8:
-        raise ValueError(f'{self.name}: feature {self.key!r} has dtype {row.dtype}, not uint8')
+        raise InputError(f'{self.name}: feature {self.key!r} has dtype {row.dtype}, not uint8')
       out[j] = fit_to_size(row[None], image_size=image_size, num_channels=num_channels,
                            pad=pad, what=self.name, center_crop=center_crop)[0]
     return out
@@ -353,14 +354,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   with opener(path, 'rb') as f:
     buf = f.read()
   if len(buf) < 4 or buf[0] != 0 or buf[1] != 0:
-    raise ValueError(f'{path}: not an IDX file (bad magic number)')
+    raise InputError(f'{path}: not an IDX file (bad magic number)')
   if buf[2] != 0x08:
-    raise ValueError(f'{path}: IDX type code 0x{buf[2]:02x} is not unsigned byte (0x08)')
+    raise InputError(f'{path}: IDX type code 0x{buf[2]:02x} is not unsigned byte (0x08)')
   ndim = buf[3]
   dims = tuple(int(d) for d in np.frombuffer(buf, '>u4', count=ndim, offset=4))
   offset = 4 + 4 * ndim
   if len(buf) - offset != int(np.prod(dims)):
-    raise ValueError(f'{path}: {len(buf) - offset} data bytes, header says shape {dims}')
+    raise InputError(f'{path}: {len(buf) - offset} data bytes, header says shape {dims}')
   return np.frombuffer(buf, np.uint8, offset=offset).reshape(dims)
 
 
@@ -389,8 +390,8 @@ def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_ch
   """
   _, h, w, c = images.shape
   if c != num_channels:
-    raise ValueError(f'{what}: images have {c} channels but config.data.num_channels = '
-                     f'{num_channels}')
+    raise ConfigError(f'{what}: images have {c} channels but config.data.num_channels = '
+                      f'{num_channels}')
   if center_crop:
     return _crop_and_resize(images, center_crop, image_size, what)
   if (h, w) == (image_size, image_size):
@@ -398,8 +399,8 @@ def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_ch
   if h > image_size or w > image_size or not pad:
     hint = ('' if pad or h > image_size or w > image_size else
             ' (set config.data.pad_to_image_size=True to zero-pad)')
-    raise ValueError(f'{what}: images are {h}x{w} but config.data.image_size = {image_size}'
-                     f'{hint}; only zero-padding to a larger size is supported')
+    raise ConfigError(f'{what}: images are {h}x{w} but config.data.image_size = {image_size}'
+                      f'{hint}; only zero-padding to a larger size is supported')
   top, left = (image_size - h) // 2, (image_size - w) // 2
   return np.pad(images, ((0, 0), (top, image_size - h - top), (left, image_size - w - left),
                          (0, 0)))
@@ -408,7 +409,7 @@ def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_ch
 def _crop_and_resize(images: np.ndarray, crop: int, size: int, what: str) -> np.ndarray:
   n, h, w, c = images.shape
   if not 0 < crop <= min(h, w):
-    raise ValueError(f'{what}: config.data.center_crop = {crop} does not fit {h}x{w} images')
+    raise ConfigError(f'{what}: config.data.center_crop = {crop} does not fit {h}x{w} images')
   top, left = (h - crop) // 2, (w - crop) // 2
   images = images[:, top:top + crop, left:left + crop]
   if crop == size:
@@ -436,8 +437,8 @@ def _idx_dirs(dataset: str, path: str) -> list[pathlib.Path]:
 
 def _load_idx_images(dataset: str, path: str, split: str, max_examples: int) -> np.ndarray:
   if split not in _IDX_SPLIT_PREFIX:
-    raise ValueError(f'{dataset}: config.data.split must be one of '
-                     f"{tuple(_IDX_SPLIT_PREFIX)}, got {split!r}")
+    raise ConfigError(f'{dataset}: config.data.split must be one of '
+                      f"{tuple(_IDX_SPLIT_PREFIX)}, got {split!r}")
   prefix = _IDX_SPLIT_PREFIX[split]
   names = [f'{prefix}-images-idx3-ubyte', f'{prefix}-images.idx3-ubyte']
   dirs = _idx_dirs(dataset, path)
@@ -453,7 +454,7 @@ def _load_idx_images(dataset: str, path: str, split: str, max_examples: int) -> 
         n = max_examples if max_examples > 0 else None
         images = read_idx(f)
         if images.ndim != 3:
-          raise ValueError(f'{f}: expected IDX images [N, H, W], got shape {images.shape}')
+          raise InputError(f'{f}: expected IDX images [N, H, W], got shape {images.shape}')
         return _with_channels(images[:n])
   raise DatasetNotFoundError(
       f'{dataset} ({split}) not found; looked for {", ".join(tried)}. {_HOW_TO_GET[dataset]}')
@@ -464,10 +465,10 @@ def _load_npz(path: str, max_examples: int) -> np.ndarray:
     raise DatasetNotFoundError(f'npz dataset: file {path!r} not found. {_HOW_TO_GET["npz"]}')
   with np.load(pathlib.Path(path).expanduser()) as f:
     if 'images' not in f.files:
-      raise ValueError(f'{path}: no key "images" (keys: {f.files})')
+      raise InputError(f'{path}: no key "images" (keys: {f.files})')
     images = f['images']
   if images.dtype != np.uint8 or images.ndim not in (3, 4):
-    raise ValueError(f'{path}: "images" must be uint8 [N, H, W, C] or [N, H, W], got '
+    raise InputError(f'{path}: "images" must be uint8 [N, H, W, C] or [N, H, W], got '
                      f'{images.dtype} {images.shape}')
   return _with_channels(images[:max_examples] if max_examples > 0 else images)
 
@@ -486,8 +487,8 @@ def _load_folder(path: str, num_channels: int, max_examples: int) -> np.ndarray:
     files = files[:max_examples]
   modes = {1: 'L', 3: 'RGB', 4: 'RGBA'}
   if num_channels not in modes:
-    raise ValueError(f'folder dataset: config.data.num_channels must be 1, 3 or 4, got '
-                     f'{num_channels}')
+    raise ConfigError(f'folder dataset: config.data.num_channels must be 1, 3 or 4, got '
+                      f'{num_channels}')
   from PIL import Image  # pylint: disable=g-import-not-at-top
   images = []
   for f in files:
@@ -497,11 +498,11 @@ def _load_folder(path: str, num_channels: int, max_examples: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
       # Pillow raises OSError ("image file is truncated", "cannot identify image file") or
       # SyntaxError (a broken PNG chunk) without naming the file.
-      raise ValueError(f'folder dataset: cannot read image {f}: {err}') from err
+      raise InputError(f'folder dataset: cannot read image {f}: {err}') from err
     if a.ndim == 2:
       a = a[..., None]
     if images and a.shape != images[0].shape:
-      raise ValueError(f'folder dataset: {f} is {a.shape[:2]}, but {files[0]} is '
+      raise InputError(f'folder dataset: {f} is {a.shape[:2]}, but {files[0]} is '
                        f'{images[0].shape[:2]}; all images must have one size')
     images.append(a)
   return np.stack(images)
@@ -567,7 +568,7 @@ def _open_tfds(name: str, data: ml_collections.ConfigDict) -> TfdsSource:
     # download=False: never download_and_prepare; a missing dataset fails immediately.
     ds = tfds.data_source(name, split=data.split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'config.data.dataset = "tfds:{name}": TFDS has no dataset {name!r}') from e
+    raise ConfigError(f'config.data.dataset = "tfds:{name}": TFDS has no dataset {name!r}') from e
   except Exception as e:  # pylint: disable=broad-except
     prepared = False
     try:
@@ -588,7 +589,7 @@ def _open_tfds(name: str, data: ml_collections.ConfigDict) -> TfdsSource:
   if features is not None and 'image' not in features:
     keys = list(features.keys())
     if len(keys) != 1:
-      raise ValueError(f'tfds:{name}: no "image" feature (features: {keys})')
+      raise InputError(f'tfds:{name}: no "image" feature (features: {keys})')
     key = keys[0]
   if features is not None:
     shape = tuple(features[key].shape)
@@ -638,8 +639,8 @@ def load_source(config: ml_collections.ConfigDict, *, split: str | None = None) 
   elif dataset == 'folder':
     images = _load_folder(data.path, data.num_channels, data.max_examples)
   else:
-    raise ValueError(f'config.data.dataset = {dataset!r} is not one of "fashion_mnist", '
-                     '"mnist", "cifar10", "celeba", "npz", "folder", "tfds:<name>"')
+    raise ConfigError(f'config.data.dataset = {dataset!r} is not one of "fashion_mnist", '
+                      '"mnist", "cifar10", "celeba", "npz", "folder", "tfds:<name>"')
   if len(images) == 0:
     raise DatasetNotFoundError(f'{dataset}: the data at {data.path or "its default location"} '
                                'hold no images')
@@ -662,7 +663,7 @@ def load_images(config: ml_collections.ConfigDict, *,
 def host_batch_size(batch_size: int, *, num_local_devices: int, process_count: int) -> int:
   """Per-device batch ``B / (P * D)``; ``ValueError`` naming training.batch_size if not whole."""
   if batch_size <= 0 or batch_size % (process_count * num_local_devices):
-    raise ValueError(
+    raise ConfigError(
         f'config.training.batch_size = {batch_size} (global) must be a positive multiple of '
         f'process_count * local_device_count = {process_count} * {num_local_devices} = '
         f'{process_count * num_local_devices}')
@@ -694,9 +695,9 @@ def batch_indices(step: int, *, num_examples: int, batch_size: int, seed: int,
   arguments, so any step can be produced directly (exact, cheap resume).
   """
   if num_examples <= 0:
-    raise ValueError('the dataset is empty')
+    raise InputError('the dataset is empty')
   if seed < 0:
-    raise ValueError(f'config.seed must be >= 0, got {seed}')
+    raise ConfigError(f'config.seed must be >= 0, got {seed}')
   perms = _perms or _Permutations(num_examples, seed)
   pos = np.int64(step) * batch_size + np.arange(batch_size, dtype=np.int64)
   epochs, offsets = np.divmod(pos, num_examples)
@@ -732,7 +733,7 @@ class BatchIterator:
     if not 0 <= self.process_index < self.process_count:
       raise ValueError(f'process_index {self.process_index} not in [0, {self.process_count})')
     if self.seed < 0:
-      raise ValueError(f'config.seed must be >= 0, got {self.seed}')
+      raise ConfigError(f'config.seed must be >= 0, got {self.seed}')
     if self.start_step < 0:
       raise ValueError(f'start_step must be >= 0, got {self.start_step}')
     self.per_device_batch = host_batch_size(

@@ -43,6 +43,8 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
+from pixdiff_jax.errors import InputError
+
 __all__ = ['DEFAULT_SETTINGS', 'RESULT_COLUMNS', 'EVAL_DIR', 'EvalError', 'default_eval_config',
            'eval_config_for', 'Setting', 'parse_setting', 'settings_for', 'sample_counts',
            'Scorer', 'check_inception_weights', 'evaluate', 'method_label', 'results_markdown',
@@ -59,7 +61,7 @@ RESULT_COLUMNS = ('setting', 'sampler', 'num_samples', 'params', 'network_evals'
 EVAL_DIR = 'eval'
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
   """A user mistake or an unusable workdir: printed by main.py as one ``error:`` line."""
 
 

@@ -31,20 +31,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pixdiff_jax import models
+from pixdiff_jax.errors import ConfigError, NotFoundError, UserError
 from pixdiff_jax.training.state import create_train_state, make_optimizer
 
 PyTree = Any
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
   """A checkpoint's arrays do not match the network built from the config."""
 
 
-class CheckpointUnreadableError(ValueError):
+class CheckpointUnreadableError(UserError, ValueError):
   """A checkpoint step's files cannot be read back (damaged or incomplete)."""
 
 
-class NoReadableCheckpointError(FileNotFoundError):
+class NoReadableCheckpointError(NotFoundError):
   """A stage has checkpoints, but none of them can be read."""
 
 
@@ -150,7 +151,7 @@ class StageCheckpointer:
     self.stage = stage
     self.directory = stage_dir(workdir, stage)
     if read_only and not os.path.isdir(self.directory):
-      raise FileNotFoundError(
+      raise NotFoundError(
           f'no checkpoints for stage {stage!r} in {self.directory}; train it first with '
           f'`python main.py --config CONFIG --workdir {workdir} --mode train`')
     if read_only:
@@ -198,7 +199,7 @@ class StageCheckpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+      raise NotFoundError(f'no checkpoint in {self.directory}')
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
         if not isinstance(x, jax.ShapeDtypeStruct) else x, target)
@@ -308,7 +309,7 @@ def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, *,
   stage and its step. Unreadable newer steps are moved aside with a warning (see
   :meth:`StageCheckpointer.restore_latest`)."""
   if name not in stages_for(config):
-    raise ValueError(f'stage {name!r} does not exist for method={config.method!r}')
+    raise ConfigError(f'stage {name!r} does not exist for method={config.method!r}')
   ckpt = StageCheckpointer(os.fspath(workdir), name, keep=config.training.keep_checkpoints,
                            read_only=True)
   try:
@@ -316,7 +317,7 @@ def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, *,
   finally:
     ckpt.close()
   if found is None:
-    raise FileNotFoundError(f'no checkpoint for stage {name!r} in {ckpt.directory}')
+    raise NotFoundError(f'no checkpoint for stage {name!r} in {ckpt.directory}')
   state, step = found
   return (state.ema_params if use_ema else state.params), step
 

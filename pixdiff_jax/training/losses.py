@@ -27,6 +27,7 @@ from pixdiff_jax import models
 from pixdiff_jax.config import LOSS_WEIGHTINGS, SCALE_SOURCES, VAE_LOSS_SPACES
 from pixdiff_jax.diffusion import schedules
 from pixdiff_jax.diffusion.samplers import TARGETS as _TARGETS
+from pixdiff_jax.errors import ConfigError
 
 __all__ = ['get_vae_loss_fn', 'get_reverse_loss_fn', 'get_ddpm_loss_fn',
            'sample_reverse_example', 'select_heads', 'gaussian_kl']
@@ -78,10 +79,10 @@ def get_vae_loss_fn(config: ml_collections.ConfigDict, vae: models.ScaleVAE) -> 
   schedules.check_pixel_aware_args(gamma=gamma, num_steps=num_steps)
   kl_weight = float(config.vae.kl_weight)
   if kl_weight < 0:
-    raise ValueError(f'vae.kl_weight={kl_weight} must be >= 0')
+    raise ConfigError(f'vae.kl_weight={kl_weight} must be >= 0')
   loss_space = config.vae.get('loss_space', 'scale')
   if loss_space not in VAE_LOSS_SPACES:
-    raise ValueError(f'vae.loss_space must be one of {VAE_LOSS_SPACES}, got {loss_space!r}')
+    raise ConfigError(f'vae.loss_space must be one of {VAE_LOSS_SPACES}, got {loss_space!r}')
 
   def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
               train: bool = True) -> tuple[Array, Metrics]:
@@ -213,10 +214,10 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
   d = config.diffusion
   gamma, num_steps = float(d.gamma), int(d.num_steps)
   if d.target not in _TARGETS:
-    raise ValueError(f'diffusion.target={d.target!r} is unknown; known: {list(_TARGETS)}')
+    raise ConfigError(f'diffusion.target={d.target!r} is unknown; known: {list(_TARGETS)}')
   if d.scale_source not in SCALE_SOURCES:
-    raise ValueError(f'diffusion.scale_source={d.scale_source!r} is unknown; known: '
-                     f'{list(SCALE_SOURCES)}')
+    raise ConfigError(f'diffusion.scale_source={d.scale_source!r} is unknown; known: '
+                      f'{list(SCALE_SOURCES)}')
   if d.scale_source != 'true' and vae is None:
     raise ValueError(f'diffusion.scale_source={d.scale_source!r} needs the stage-1 VAE: pass vae=')
   if getattr(model, 'num_heads', num_steps) != num_steps:
@@ -224,15 +225,15 @@ def get_reverse_loss_fn(config: ml_collections.ConfigDict, model: models.THeadUN
 
   diagonal_weight = float(d.get('diagonal_weight', 1.0))
   if not diagonal_weight > 0:
-    raise ValueError(f'diffusion.diagonal_weight must be > 0, got {diagonal_weight!r}')
+    raise ConfigError(f'diffusion.diagonal_weight must be > 0, got {diagonal_weight!r}')
   weighting = d.get('loss_weighting', 'none')
   if weighting not in LOSS_WEIGHTINGS:
-    raise ValueError(f'diffusion.loss_weighting={weighting!r} is unknown; known: '
-                     f'{list(LOSS_WEIGHTINGS)}')
+    raise ConfigError(f'diffusion.loss_weighting={weighting!r} is unknown; known: '
+                      f'{list(LOSS_WEIGHTINGS)}')
   heads_per_example = int(d.get('heads_per_example', 0))
   if heads_per_example == 1 or heads_per_example < 0:
-    raise ValueError(f'diffusion.heads_per_example must be 0 (all active heads) or >= 2, got '
-                     f'{heads_per_example}')
+    raise ConfigError(f'diffusion.heads_per_example must be 0 (all active heads) or >= 2, got '
+                      f'{heads_per_example}')
 
   def loss_fn(params: PyTree, batch_x0: Float[Array, 'B H W C'], rng: jax.Array, *,
               vae_params: PyTree = None, train: bool = True,
