@@ -8,7 +8,7 @@ import os
 import ml_collections
 
 from pixdiff_jax.config.checks import tuples_from_json
-from pixdiff_jax.errors import InputError, NotFoundError
+from pixdiff_jax.errors import InputError, NotFoundError, writing
 
 
 def config_path(workdir: str) -> str:
@@ -16,9 +16,13 @@ def config_path(workdir: str) -> str:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(config_path(workdir), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  """Writes ``WORKDIR/config.json`` (whole or not at all: a temporary file, then a rename)."""
+  path = config_path(workdir)
+  with writing(path, 'config'):
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + '.tmp', path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
