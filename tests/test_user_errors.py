@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cli_testutil import ROOT, error_lines, main_env
+from cli_testutil import ROOT, error_lines, main_env, run_main
 from pixdiff_jax import errors
 
 
@@ -82,3 +82,12 @@ def test_a_bug_keeps_its_traceback():
   assert run.returncode == 1, run.stderr[-2000:]
   assert 'Traceback' in run.stderr and 'ValueError: a bug in our code' in run.stderr
   assert not error_lines(run.stderr)
+
+
+def test_failed_validation_leaves_no_workdir(tmp_path):
+  workdir = tmp_path / 'a' / 'w'
+  run = run_main('--config', 'configs/smoke.py', '--workdir', workdir,
+                 '--config.training.batch_size=0', timeout=120)
+  assert run.returncode == 2, run.stderr[-2000:]
+  assert error_lines(run.stderr) == ['error: training.batch_size must be >= 1, got 0']
+  assert not (tmp_path / 'a').exists()

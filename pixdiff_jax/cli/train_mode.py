@@ -1,10 +1,13 @@
-"""``--mode train``: the one-line ends of a run (interrupted, diverged, a failed write)."""
+"""``--mode train``: checks before anything is created, the workdir lock, and the one-line ends of
+a run (interrupted, diverged, a failed write)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import Iterator
 
-from pixdiff_jax.cli.errors import check_writable_dir, fail
+from pixdiff_jax.cli.errors import check_creatable_dir, fail, UsageError
 from pixdiff_jax.errors import WriteError, write_failure_reason
 
 RESUME_ADVICE = 'free space and run the same command to resume'
@@ -23,14 +26,35 @@ def last_intact_checkpoint(workdir: str, stages) -> str:
   return 'none (no checkpoint was written yet)'
 
 
+def _check_before_creating(config, workdir: str, stage: str) -> tuple[str, ...]:
+  """Everything that can be checked before the workdir is created; returns the stages."""
+  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax import config as config_lib, models
+  from pixdiff_jax.training import checkpointing
+  # pylint: enable=g-import-not-at-top
+  config_lib.validate_config(config)
+  models.validate_config(config)
+  stages = checkpointing.stages_for(config)
+  if stage != 'all' and stage not in stages:
+    raise UsageError(f'--stage {stage} does not exist for method={config.method!r}; stages: '
+                     f'{", ".join(stages)}')
+  check_creatable_dir(workdir, '--workdir')
+  return stages
+
+
 def train(config, workdir: str, stage: str = 'all') -> None:
-  """Trains ``stage`` (or all) of ``config`` in ``workdir``."""
+  """Trains ``stage`` (or all) of ``config`` in ``workdir``, holding the workdir's lock."""
+  import jax  # pylint: disable=g-import-not-at-top
   from pixdiff_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  stages = trainer.stages_for(config)
+  from pixdiff_jax.utils import workdir_lock  # pylint: disable=g-import-not-at-top
+  stages = _check_before_creating(config, workdir, stage)
   wanted = None if stage == 'all' else [stage]
-  check_writable_dir(workdir, '--workdir')
+  # Only process 0 of a multi-process job holds the lock (the others share its workdir).
+  lock = (workdir_lock.hold(workdir, 'train') if jax.process_index() == 0
+          else _create(workdir))
   try:
-    trainer.train(config, workdir, stages=wanted)
+    with lock:
+      trainer.train(config, workdir, stages=wanted)
   except trainer.TrainingInterrupted as stop:
     # Ctrl-C / SIGTERM: the checkpoint is written; one line says which.
     print(f'interrupted: {stop.note}', file=sys.stderr)
@@ -64,3 +88,10 @@ def _with_resume_advice(err: BaseException, workdir: str, stages) -> WriteError:
   return WriteError(path, reason, what, advice=(
       (f'{note}; ' if note else '') +
       f'last intact checkpoint: {last_intact_checkpoint(workdir, stages)}; {RESUME_ADVICE}'))
+
+
+@contextlib.contextmanager
+def _create(workdir: str) -> Iterator[None]:
+  """Processes other than 0 of a multi-process job: create the workdir, hold no lock."""
+  os.makedirs(workdir, exist_ok=True)
+  yield
