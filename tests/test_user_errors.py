@@ -1,5 +1,7 @@
 """User mistakes derive from ``pixdiff_jax.errors.UserError`` (one line, exit 2); anything else
-keeps its traceback."""
+keeps its traceback. Also the smaller one-line cases of issue 25 (config file without
+``get_config``, compare of a missing workdir, no workdir left behind by a failed validation).
+"""
 import os
 import subprocess
 import sys
@@ -82,6 +84,28 @@ def test_a_bug_keeps_its_traceback():
   assert run.returncode == 1, run.stderr[-2000:]
   assert 'Traceback' in run.stderr and 'ValueError: a bug in our code' in run.stderr
   assert not error_lines(run.stderr)
+
+
+# ---------------------------------------------------------------------------- smaller items
+def test_config_file_without_get_config_is_named(tmp_path):
+  path = tmp_path / 'my_config.py'
+  path.write_text('x = 1\n')
+  run = run_main('--config', path, '--mode', 'info', timeout=120)
+  assert run.returncode == 2 and 'Traceback' not in run.stderr, run.stderr[-2000:]
+  assert error_lines(run.stderr) == [
+      f'error: config file {path} has no get_config() function (a config file defines '
+      '`def get_config():` returning an ml_collections.ConfigDict; see configs/smoke.py)']
+  print(error_lines(run.stderr)[0])
+
+
+def test_compare_of_a_missing_workdir_says_so(tmp_path):
+  missing = tmp_path / 'nope'
+  run = run_main('--mode', 'compare', '--workdirs', missing, '--compare_out',
+                 tmp_path / 'c', timeout=120)
+  assert run.returncode == 2 and 'Traceback' not in run.stderr, run.stderr[-2000:]
+  assert error_lines(run.stderr) == [f'error: --workdirs: {missing} does not exist']
+  assert not (tmp_path / 'c.md').exists()
+  print(error_lines(run.stderr)[0])
 
 
 def test_failed_validation_leaves_no_workdir(tmp_path):

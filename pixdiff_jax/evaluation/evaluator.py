@@ -470,6 +470,9 @@ def compare(workdirs: list[str], out_prefix: str) -> dict:
   tables = []
   for w in workdirs:
     path = os.path.join(w, EVAL_DIR, 'results.json')
+    if not os.path.isdir(w):
+      raise EvalError(f'--workdirs: {w} does not exist' if not os.path.exists(w) else
+                      f'--workdirs: {w} is a file, not a workdir')
     if not os.path.exists(path):
       raise EvalError(f'{path} not found: run python main.py --mode eval --workdir {w} first')
     tables.append(_read_json(path, None))
