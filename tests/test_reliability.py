@@ -279,6 +279,8 @@ def test_huge_learning_rate_stops_with_one_line(tmp_path, extra, why):
   assert run.returncode == 2, run.stderr[-3000:]
   err = error_lines(run.stderr)
   assert len(err) == 1 and 'Traceback' not in run.stderr, run.stderr[-3000:]
+  # Non-finite losses stay in metrics.jsonl, out of TensorBoard (which warned on each step).
+  assert 'NaN or Inf' not in run.stderr, run.stderr[-3000:]
   assert err[0].startswith('error: stage vae diverged at step ')
   assert why in err[0] and 'Last good checkpoint: ' in err[0]
   print(err[0])

@@ -23,7 +23,9 @@ def run(mode: str, config, *, workdir: str | None, workdirs: list[str],
     config_lib.check_compatible(stored, config)
   ev = config_lib.eval_config_for(stored, config)
   if mode == 'eval':
-    results = evaluation.evaluate(workdir, ev)
+    from pixdiff_jax.utils import workdir_lock  # pylint: disable=g-import-not-at-top
+    with workdir_lock.hold(workdir, 'eval'):  # one eval at a time writes WORKDIR/eval
+      results = evaluation.evaluate(workdir, ev)
     return {'results': f'{workdir}/{evaluation.EVAL_DIR}/results.json',
             'markdown': f'{workdir}/{evaluation.EVAL_DIR}/results.md',
             'settings': [{k: r[k] for k in evaluation.RESULT_COLUMNS}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
+from pixdiff_jax.errors import UserError
 
-class UsageError(Exception):
+
+class UsageError(UserError):
   """A user mistake: printed as one line, no traceback."""
 
 
@@ -15,6 +17,28 @@ def fail(message: str, err: BaseException | None = None) -> None:
     raise err
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+def check_creatable_dir(path: str, what: str) -> None:
+  """A UsageError unless ``path`` is a writable folder or could be created; creates nothing.
+
+  The nearest existing folder on the way (``path`` itself or a parent) gets a probe file.
+  """
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe):
+    where = '' if probe == os.path.abspath(path) else f' (its parent {probe} is a file)'
+    raise UsageError(f'{what} {path} is a file, not a directory{where}')
+  try:
+    import tempfile  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryFile(dir=probe):
+      pass
+  except OSError as err:
+    raise UsageError(f'cannot write to {what} {path}: {err.strerror or err}') from err
 
 
 def check_writable_dir(path: str, what: str) -> None:

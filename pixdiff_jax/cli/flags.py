@@ -121,6 +121,10 @@ def _config_error_message(err: BaseException, argv) -> str:
   path = _argv_config_path(argv)
   if path is not None and not os.path.exists(path.split(':', 1)[0]):
     return f'config file {path} not found (give one of configs/*.py)'
+  if (isinstance(err, AttributeError) and getattr(err, 'name', None) == 'get_config') or (
+      "has no attribute 'get_config'" in str(err)):
+    return (f'config file {path} has no get_config() function (a config file defines '
+            '`def get_config():` returning an ml_collections.ConfigDict; see configs/smoke.py)')
   unknown = _unknown_field_message(argv)
   if unknown:
     return unknown

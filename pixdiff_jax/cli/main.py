@@ -10,9 +10,10 @@ import sys
 from absl import app, logging
 from ml_collections import config_flags
 
-from pixdiff_jax.cli import report as report_lib, sample_mode
-from pixdiff_jax.cli.errors import check_writable_dir, fail, UsageError
+from pixdiff_jax.cli import report as report_lib, sample_mode, train_mode
+from pixdiff_jax.cli.errors import UsageError
 from pixdiff_jax.cli.flags import FLAGS, parse_flags
+from pixdiff_jax.errors import UserError, write_failure_reason
 
 
 def _info(config) -> dict:
@@ -22,12 +23,18 @@ def _info(config) -> dict:
 
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter of Orbax, JAX and TFDS internals (e.g. JAX's "Unable to initialize
-  backend 'tpu'" on every machine without a TPU); their warnings and errors still show."""
+  backend 'tpu'" on every machine without a TPU); their warnings and errors still show, except
+  Orbax's tracebacks of a failed checkpoint write (a full disk): the same failure reaches the
+  command line, which names the checkpoint in one line (``PIXDIFF_TRACEBACK=1`` shows them)."""
 
   def filter(self, record):
-    if record.levelno >= std_logging.WARNING:
-      return True
     path = record.pathname.replace(os.sep, '/')
+    if record.levelno >= std_logging.WARNING:
+      if '/orbax/' in path and not os.environ.get('PIXDIFF_TRACEBACK'):
+        err = record.exc_info[1] if record.exc_info else None
+        if write_failure_reason(err or Exception(record.getMessage())) is not None:
+          return False
+      return True
     return not any(f'/{lib}/' in path
                    for lib in ('orbax', 'jax', 'jaxlib', 'etils', 'tensorflow_datasets'))
 
@@ -66,11 +73,8 @@ def _config_for(mode: str, workdir: str):
     config = config_lib.load_config(workdir)
     if mode in ('eval', 'figures') and 'eval' not in config:  # trained before config.eval
       config.eval = config_lib.default_eval_config()
-    try:
-      config_lib.apply_overrides(config, config_flags.get_override_values(FLAGS['config']),
-                                 config_lib.config_path(workdir))
-    except ValueError as err:
-      raise UsageError(str(err)) from err
+    config_lib.apply_overrides(config, config_flags.get_override_values(FLAGS['config']),
+                               config_lib.config_path(workdir))
     return config
   return FLAGS.config
 
@@ -119,17 +123,7 @@ def main(argv):
       return
     _start_distributed()
     if FLAGS.mode == 'train':
-      from pixdiff_jax.training import trainer  # pylint: disable=g-import-not-at-top
-      stages = None if FLAGS.stage == 'all' else [FLAGS.stage]
-      check_writable_dir(FLAGS.workdir, '--workdir')
-      try:
-        trainer.train(config, FLAGS.workdir, stages=stages)
-      except trainer.TrainingInterrupted as stop:
-        # Ctrl-C / SIGTERM: the checkpoint is written; one line says which.
-        print(f'interrupted: {stop.note}', file=sys.stderr)
-        sys.exit(128 + int(stop.signum))
-      except trainer.TrainingDivergedError as err:
-        fail(str(err), err)
+      train_mode.train(config, FLAGS.workdir, FLAGS.stage)
       report_lib.report(f'training finished; {FLAGS.workdir} holds:',
                         report_lib.files_written(FLAGS.workdir))
     else:
@@ -140,12 +134,13 @@ def main(argv):
       if summary:  # process 0 only
         print(json.dumps(summary, indent=2))
         report_lib.report(f'sampling finished ({summary["num_samples"]} images, '
-                f'{summary["network_evals"]} network calls each); wrote:',
-                [f'  images  {summary["npz"]}  (uint8 [N, H, W, C], key "images")',
-                 f'  grid    {summary["png"]}'])
-  except (UsageError, ValueError, FileNotFoundError, distributed.DistributedError) as err:
-    # User mistakes (bad config, missing data or checkpoints) end in one readable line; in a
-    # multi-process job the other processes end with it too (instead of waiting for this one).
+                          f'{summary["network_evals"]} network calls each); wrote:',
+                          [f'  images  {summary["npz"]}  (uint8 [N, H, W, C], key "images")',
+                           f'  grid    {summary["png"]}'])
+  except UserError as err:
+    # User mistakes (bad config, missing data or checkpoints, a full disk) end in one readable
+    # line; in a multi-process job the other processes end with it too (instead of waiting for
+    # this one). Anything else is a bug and keeps its traceback.
     if os.environ.get('PIXDIFF_TRACEBACK'):
       raise
     print(f'error: {err}', file=sys.stderr)
@@ -164,7 +159,6 @@ def main(argv):
     distributed.report_failure(f'{type(err).__name__}: {err}')
     distributed.exit_after_failure(1)
   distributed.finish()
-
 
 
 def run() -> None:

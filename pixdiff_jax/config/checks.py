@@ -10,6 +10,7 @@ import ml_collections
 
 from pixdiff_jax.diffusion.parametrisation import TARGETS
 from pixdiff_jax.diffusion.pixel_aware import UPDATES
+from pixdiff_jax.errors import ConfigError
 
 METHODS = ('pixel_aware', 'ddpm')
 SAMPLERS = {'pixel_aware': ('parallel',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}
@@ -50,63 +51,64 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ValueError`` naming the config field for settings no run could use."""
+  """Raises ``ConfigError`` (a ``ValueError``) naming the config field for settings no run
+  could use."""
   if config.method not in METHODS:
-    raise ValueError(f'config.method must be one of {METHODS}, got {config.method!r}')
+    raise ConfigError(f'config.method must be one of {METHODS}, got {config.method!r}')
   d = config.diffusion
   if not isinstance(d.num_steps, int) or d.num_steps < 1:
-    raise ValueError(f'diffusion.num_steps must be an int >= 1, got {d.num_steps!r}')
+    raise ConfigError(f'diffusion.num_steps must be an int >= 1, got {d.num_steps!r}')
   if config.method == 'pixel_aware':
     if not d.gamma > 0:
-      raise ValueError(f'diffusion.gamma must be > 0, got {d.gamma!r}')
+      raise ConfigError(f'diffusion.gamma must be > 0, got {d.gamma!r}')
     if d.target not in TARGETS:
-      raise ValueError(f'diffusion.target must be one of {TARGETS}, got {d.target!r}')
+      raise ConfigError(f'diffusion.target must be one of {TARGETS}, got {d.target!r}')
     if d.scale_source not in SCALE_SOURCES:
-      raise ValueError(f'diffusion.scale_source must be one of {SCALE_SOURCES}, '
-                       f'got {d.scale_source!r}')
+      raise ConfigError(f'diffusion.scale_source must be one of {SCALE_SOURCES}, '
+                        f'got {d.scale_source!r}')
     if not d.get('diagonal_weight', 1.0) > 0:
-      raise ValueError(f'diffusion.diagonal_weight must be > 0, got {d.diagonal_weight!r}')
+      raise ConfigError(f'diffusion.diagonal_weight must be > 0, got {d.diagonal_weight!r}')
     weighting = d.get('loss_weighting', 'none')
     if weighting not in LOSS_WEIGHTINGS:
-      raise ValueError(f'diffusion.loss_weighting must be one of {LOSS_WEIGHTINGS}, '
-                       f'got {weighting!r}')
+      raise ConfigError(f'diffusion.loss_weighting must be one of {LOSS_WEIGHTINGS}, '
+                        f'got {weighting!r}')
     if weighting == 'min_snr':
       if d.target == 'increment':
-        raise ValueError("diffusion.loss_weighting='min_snr' needs diffusion.target 'x0', "
-                         "'cumulative' or 'v' (the 'increment' target has no clean-image reading)")
+        raise ConfigError("diffusion.loss_weighting='min_snr' needs diffusion.target 'x0', "
+                          "'cumulative' or 'v' (the 'increment' target has no clean-image reading)")
       if not d.get('min_snr_gamma', 5.0) > 0:
-        raise ValueError(f'diffusion.min_snr_gamma must be > 0, got {d.min_snr_gamma!r}')
+        raise ConfigError(f'diffusion.min_snr_gamma must be > 0, got {d.min_snr_gamma!r}')
     n = d.get('heads_per_example', 0)
     if not isinstance(n, int) or n == 1 or n < 0:
-      raise ValueError(f'diffusion.heads_per_example must be 0 (all heads) or an int >= 2, '
-                       f'got {n!r}')
+      raise ConfigError(f'diffusion.heads_per_example must be 0 (all heads) or an int >= 2, '
+                        f'got {n!r}')
     if not config.vae.get('kl_weight', 1.0) >= 0:
-      raise ValueError(f'vae.kl_weight must be >= 0, got {config.vae.kl_weight!r}')
+      raise ConfigError(f'vae.kl_weight must be >= 0, got {config.vae.kl_weight!r}')
     if config.vae.get('loss_space', 'scale') not in VAE_LOSS_SPACES:
-      raise ValueError(f'vae.loss_space must be one of {VAE_LOSS_SPACES}, '
-                       f'got {config.vae.loss_space!r}')
+      raise ConfigError(f'vae.loss_space must be one of {VAE_LOSS_SPACES}, '
+                        f'got {config.vae.loss_space!r}')
   if not 0 < d.eps < 1:
-    raise ValueError(f'diffusion.eps must lie in (0, 1), got {d.eps!r}')
+    raise ConfigError(f'diffusion.eps must lie in (0, 1), got {d.eps!r}')
   t = config.training
   for field in ('batch_size', 'steps_per_dispatch', 'log_every', 'checkpoint_every',
                 'keep_checkpoints'):
     if int(t[field]) < 1:
-      raise ValueError(f'training.{field} must be >= 1, got {t[field]!r}')
+      raise ConfigError(f'training.{field} must be >= 1, got {t[field]!r}')
   if int(t.get('max_skipped_updates', 1)) < 1:
-    raise ValueError(f'training.max_skipped_updates must be >= 1, got {t.max_skipped_updates!r}')
+    raise ConfigError(f'training.max_skipped_updates must be >= 1, got {t.max_skipped_updates!r}')
   n_dev = jax.device_count()
   if t.batch_size % n_dev:
-    raise ValueError(
+    raise ConfigError(
         f'training.batch_size={t.batch_size} is not divisible by the {n_dev} devices in use '
         f'({jax.local_device_count()} local x {jax.process_count()} processes); choose a '
         f'multiple of {n_dev}')
   s = config.sampling
   if s.preset not in SAMPLING_PRESETS:
-    raise ValueError(f'sampling.preset must be one of {tuple(SAMPLING_PRESETS)}, '
-                     f'got {s.preset!r}')
+    raise ConfigError(f'sampling.preset must be one of {tuple(SAMPLING_PRESETS)}, '
+                      f'got {s.preset!r}')
   if s.sampler not in SAMPLERS[config.method]:
-    raise ValueError(f'sampling.sampler={s.sampler!r} is not available for method='
-                     f'{config.method!r}; choose one of {SAMPLERS[config.method]}')
+    raise ConfigError(f'sampling.sampler={s.sampler!r} is not available for method='
+                      f'{config.method!r}; choose one of {SAMPLERS[config.method]}')
 
 
 def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str, Any]:
@@ -115,24 +117,24 @@ def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str
   s.setdefault('update', 'recursion')  # configs saved before the field existed
   preset = overrides.pop('preset', s['preset'])
   if preset not in SAMPLING_PRESETS:
-    raise ValueError(f'sampling preset must be one of {tuple(SAMPLING_PRESETS)}, got {preset!r}')
+    raise ConfigError(f'sampling preset must be one of {tuple(SAMPLING_PRESETS)}, got {preset!r}')
   s.update(SAMPLING_PRESETS[preset])
   s['preset'] = preset
   unknown = set(overrides) - set(s)
   if unknown:
-    raise ValueError(f'unknown sampler settings {sorted(unknown)}; known: {sorted(s)}')
+    raise ConfigError(f'unknown sampler settings {sorted(unknown)}; known: {sorted(s)}')
   s.update(overrides)
   if s['update'] not in UPDATES:
-    raise ValueError(f'sampling.update must be one of {UPDATES}, got {s["update"]!r}')
+    raise ConfigError(f'sampling.update must be one of {UPDATES}, got {s["update"]!r}')
   if s['prior'] not in PRIORS:
-    raise ValueError(f'sampling.prior must be one of {PRIORS}, got {s["prior"]!r}')
+    raise ConfigError(f'sampling.prior must be one of {PRIORS}, got {s["prior"]!r}')
   if config.method == 'pixel_aware':
     k = s['network_calls']
     if not isinstance(k, int) or not 1 <= k <= config.diffusion.num_steps:
-      raise ValueError(f'sampling.network_calls must be an int in 1..diffusion.num_steps='
-                       f'{config.diffusion.num_steps}, got {k!r}')
+      raise ConfigError(f'sampling.network_calls must be an int in 1..diffusion.num_steps='
+                        f'{config.diffusion.num_steps}, got {k!r}')
   if not 0.0 <= float(s['eta']) <= 1.0:
-    raise ValueError(f'sampling.eta must lie in [0, 1], got {s["eta"]!r}')
+    raise ConfigError(f'sampling.eta must lie in [0, 1], got {s["eta"]!r}')
   return s
 
 
@@ -195,7 +197,7 @@ def check_compatible(stored: ml_collections.ConfigDict,
   """Refuses to resume a workdir with a config whose networks or process differ."""
   diffs = architecture_differences(stored, config)
   if diffs:
-    raise ValueError(
+    raise ConfigError(
         f'this workdir was trained with a different config in {diffs} (see its config.json); '
         'use a new --workdir or the stored config')
 

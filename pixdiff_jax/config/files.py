@@ -8,6 +8,7 @@ import os
 import ml_collections
 
 from pixdiff_jax.config.checks import tuples_from_json
+from pixdiff_jax.errors import ConfigError, InputError, NotFoundError, writing
 
 
 def config_path(workdir: str) -> str:
@@ -15,17 +16,26 @@ def config_path(workdir: str) -> str:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(config_path(workdir), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  """Writes ``WORKDIR/config.json`` (whole or not at all: a temporary file, then a rename)."""
+  path = config_path(workdir)
+  with writing(path, 'config'):
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + '.tmp', path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = config_path(workdir)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir of a training run?')
+    raise NotFoundError(f'{path} not found: is {workdir!r} the --workdir of a training run?')
   with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(tuples_from_json(json.load(f)))
+    try:
+      stored = json.load(f)
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+      raise InputError(f'{path} is not a readable config ({err}); restore it, or give the config '
+                       'it was trained with as --config') from err
+  return ml_collections.ConfigDict(tuples_from_json(stored))
 
 
 def load_config_module(path: str):
@@ -34,7 +44,7 @@ def load_config_module(path: str):
   import pathlib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path).resolve()
   if not path.exists():
-    raise FileNotFoundError(f'config file {path} not found')
+    raise NotFoundError(f'config file {path} not found')
   spec = importlib.util.spec_from_file_location(f'_pixdiff_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -70,7 +80,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, source: 
     for name in parents:
       node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise ValueError(f'--config.{dotted}: no such field in {source}')
+      raise ConfigError(f'--config.{dotted}: no such field in {source}')
     node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], tuple) else value
   return config
 

@@ -23,6 +23,7 @@ from jaxtyping import Float
 from pixdiff_jax.data.readers import load_source
 from pixdiff_jax.data.scaling import Method, check_method, scale_images
 from pixdiff_jax.data.sources import ImageSource
+from pixdiff_jax.errors import ConfigError, InputError
 
 __all__ = ['BatchIterator', 'get_batch_iterator', 'batch_indices', 'host_batch_size',
            'prefetch']
@@ -63,9 +64,9 @@ def batch_indices(step: int, *, num_examples: int, batch_size: int, seed: int,
   arguments, so any step can be produced directly (exact, cheap resume).
   """
   if num_examples <= 0:
-    raise ValueError('the dataset is empty')
+    raise InputError('the dataset is empty')
   if seed < 0:
-    raise ValueError(f'config.seed must be >= 0, got {seed}')
+    raise ConfigError(f'config.seed must be >= 0, got {seed}')
   perms = _perms or _Permutations(num_examples, seed)
   pos = np.int64(step) * batch_size + np.arange(batch_size, dtype=np.int64)
   epochs, offsets = np.divmod(pos, num_examples)
@@ -101,7 +102,7 @@ class BatchIterator:
     if not 0 <= self.process_index < self.process_count:
       raise ValueError(f'process_index {self.process_index} not in [0, {self.process_count})')
     if self.seed < 0:
-      raise ValueError(f'config.seed must be >= 0, got {self.seed}')
+      raise ConfigError(f'config.seed must be >= 0, got {self.seed}')
     if self.start_step < 0:
       raise ValueError(f'start_step must be >= 0, got {self.start_step}')
     self.per_device_batch = host_batch_size(

@@ -22,6 +22,8 @@ import numpy as np
 from jaxtyping import UInt8
 from PIL import Image
 
+from pixdiff_jax.errors import ConfigError, InputError, NotFoundError
+
 __all__ = ['SPLIT_RANGES', 'CelebAImages', 'NoImagesError']
 
 SPLIT_RANGES = {
@@ -33,14 +35,14 @@ SPLIT_RANGES = {
 _SUFFIXES = ('.jpg', '.jpeg', '.png')
 
 
-class NoImagesError(FileNotFoundError):
+class NoImagesError(NotFoundError):
   """The zip or folder holds no images of the requested split; the message names it."""
 
 
 def _image_number(name: str, where: str) -> int:
   stem = pathlib.PurePosixPath(name).stem
   if not stem.isdigit():
-    raise ValueError(f'{where}: image {name!r} is not named by its CelebA number (000001.jpg); '
+    raise InputError(f'{where}: image {name!r} is not named by its CelebA number (000001.jpg); '
                      "use config.data.split='all' for other names")
   return int(stem)
 
@@ -56,8 +58,8 @@ class CelebAImages:
   def __init__(self, path: str | os.PathLike, split: str = 'train', max_examples: int = 0):
     self.path = pathlib.Path(path).expanduser()
     if split not in SPLIT_RANGES:
-      raise ValueError(f'celeba: config.data.split must be one of {tuple(SPLIT_RANGES)}, '
-                       f'got {split!r}')
+      raise ConfigError(f'celeba: config.data.split must be one of {tuple(SPLIT_RANGES)}, '
+                        f'got {split!r}')
     self._zip = None
     self._lock = threading.Lock()
     if self.path.is_dir():
@@ -67,11 +69,11 @@ class CelebAImages:
       try:
         self._zip = zipfile.ZipFile(self.path)
       except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f'{self.path}: not a readable zip file ({e})') from e
+        raise InputError(f'{self.path}: not a readable zip file ({e})') from e
       names = [n for n in self._zip.namelist()
                if pathlib.PurePosixPath(n).suffix.lower() in _SUFFIXES]
     else:
-      raise FileNotFoundError(f'{self.path}: no such file or directory')
+      raise NotFoundError(f'{self.path}: no such file or directory')
     if split != 'all':
       lo, hi = SPLIT_RANGES[split]
       names = [n for n in names if lo <= _image_number(n, str(self.path)) <= hi]
@@ -99,4 +101,4 @@ class CelebAImages:
       with Image.open(source) as im:
         return np.asarray(im.convert('RGB'), np.uint8)
     except OSError as e:
-      raise ValueError(f'{where}: cannot decode image ({e})') from e
+      raise InputError(f'{where}: cannot decode image ({e})') from e

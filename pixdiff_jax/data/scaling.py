@@ -19,6 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from jaxtyping import Float, UInt8
 
+from pixdiff_jax.errors import ConfigError
+
 __all__ = ['DEQUANT_MARGIN', 'Method', 'check_method', 'value_range', 'scale_images', 'to_unit', 'to_uint8',
            'check_images']
 
@@ -30,7 +32,7 @@ Method = Literal['pixel_aware', 'ddpm']
 
 def check_method(method: str) -> None:
   if method not in _METHODS:
-    raise ValueError(f'config.method must be one of {_METHODS}, got {method!r}')
+    raise ConfigError(f'config.method must be one of {_METHODS}, got {method!r}')
 
 
 def value_range(method: Method = 'pixel_aware', eps: float = 4e-3) -> tuple[float, float]:
@@ -42,7 +44,7 @@ def value_range(method: Method = 'pixel_aware', eps: float = 4e-3) -> tuple[floa
   if method == 'ddpm':
     return -1.0, 1.0
   if not 0.0 <= eps < 1.0:
-    raise ValueError(f'config.diffusion.eps must lie in [0, 1), got {eps}')
+    raise ConfigError(f'config.diffusion.eps must lie in [0, 1), got {eps}')
   return float(np.float32(eps)), 1.0
 
 

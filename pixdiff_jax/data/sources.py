@@ -7,6 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 from jaxtyping import UInt8
 
+from pixdiff_jax.errors import ConfigError, InputError
+
 __all__ = ['ImageSource', 'ArraySource', 'TfdsSource', 'LazySource', 'fit_to_size']
 
 
@@ -34,7 +36,7 @@ class ArraySource(ImageSource):
   def __init__(self, images: UInt8[np.ndarray, 'n h w c']):
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
-      raise ValueError(f'ArraySource needs uint8 [N, H, W, C], got {images.dtype} '
+      raise ConfigError(f'ArraySource needs uint8 [N, H, W, C], got {images.dtype} '
                        f'{images.shape}')
     self.images = images
     self.num_examples = int(images.shape[0])
@@ -68,7 +70,7 @@ class TfdsSource(ImageSource):
     image_size, num_channels, pad, center_crop = self._size
     for j, row in enumerate(rows):
       if row.dtype != np.uint8:
-        raise ValueError(f'{self.name}: feature {self.key!r} has dtype {row.dtype}, not uint8')
+        raise InputError(f'{self.name}: feature {self.key!r} has dtype {row.dtype}, not uint8')
       out[j] = fit_to_size(row[None], image_size=image_size, num_channels=num_channels,
                            pad=pad, what=self.name, center_crop=center_crop)[0]
     return out
@@ -129,8 +131,8 @@ def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_ch
   """
   _, h, w, c = images.shape
   if c != num_channels:
-    raise ValueError(f'{what}: images have {c} channels but config.data.num_channels = '
-                     f'{num_channels}')
+    raise ConfigError(f'{what}: images have {c} channels but config.data.num_channels = '
+                      f'{num_channels}')
   if center_crop:
     return _crop_and_resize(images, center_crop, image_size, what)
   if (h, w) == (image_size, image_size):
@@ -138,8 +140,8 @@ def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_ch
   if h > image_size or w > image_size or not pad:
     hint = ('' if pad or h > image_size or w > image_size else
             ' (set config.data.pad_to_image_size=True to zero-pad)')
-    raise ValueError(f'{what}: images are {h}x{w} but config.data.image_size = {image_size}'
-                     f'{hint}; only zero-padding to a larger size is supported')
+    raise ConfigError(f'{what}: images are {h}x{w} but config.data.image_size = {image_size}'
+                      f'{hint}; only zero-padding to a larger size is supported')
   top, left = (image_size - h) // 2, (image_size - w) // 2
   return np.pad(images, ((0, 0), (top, image_size - h - top), (left, image_size - w - left),
                          (0, 0)))
@@ -148,7 +150,7 @@ def fit_to_size(images: UInt8[np.ndarray, 'n h w c'], *, image_size: int, num_ch
 def _crop_and_resize(images: np.ndarray, crop: int, size: int, what: str) -> np.ndarray:
   n, h, w, c = images.shape
   if not 0 < crop <= min(h, w):
-    raise ValueError(f'{what}: config.data.center_crop = {crop} does not fit {h}x{w} images')
+    raise ConfigError(f'{what}: config.data.center_crop = {crop} does not fit {h}x{w} images')
   top, left = (h - crop) // 2, (w - crop) // 2
   images = images[:, top:top + crop, left:left + crop]
   if crop == size:

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from pixdiff_jax.errors import ConfigError
+
 __all__ = [
     'image_scale', 'log_image_scale', 'alpha', 'beta', 'alpha_bar', 'one_minus_alpha_bar',
     'btilde', 'posterior_mean_coefs', 'pixel_snr', 'min_snr_weight', 'kl_to_standard_normal',
@@ -301,7 +303,7 @@ def ddpm_alphas_cumprod(config) -> np.ndarray:
     return linear_alphas_cumprod(d.num_steps, d.beta_start, d.beta_end)
   if d.schedule == 'cosine':
     return cosine_alphas_cumprod(d.num_steps)
-  raise ValueError(f"diffusion.schedule={d.schedule!r} is unknown; known: ['cosine', 'linear']")
+  raise ConfigError(f"diffusion.schedule={d.schedule!r} is unknown; known: ['cosine', 'linear']")
 
 
 def _vp_tables(alphas_cumprod: np.ndarray) -> tuple[Array, Array]:

@@ -43,9 +43,11 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-__all__ = ['DEFAULT_SETTINGS', 'RESULT_COLUMNS', 'EVAL_DIR', 'EvalError', 'Setting', 'parse_setting', 'settings_for', 'sample_counts',
-           'Scorer', 'check_inception_weights', 'evaluate', 'method_label', 'results_markdown',
-           'compare']
+from pixdiff_jax.errors import InputError
+
+__all__ = ['DEFAULT_SETTINGS', 'RESULT_COLUMNS', 'EVAL_DIR', 'EvalError', 'Setting', 'parse_setting',
+           'settings_for', 'sample_counts', 'Scorer', 'check_inception_weights', 'evaluate',
+           'method_label', 'results_markdown', 'compare']
 
 DEFAULT_SETTINGS = {
     'pixel_aware': ('paper', 'consistent', 'x0_jump_K1', 'x0_jump_K2', 'x0_jump_K5',
@@ -58,7 +60,7 @@ RESULT_COLUMNS = ('setting', 'sampler', 'num_samples', 'params', 'network_evals'
 EVAL_DIR = 'eval'
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
   """A user mistake or an unusable workdir: printed by main.py as one ``error:`` line."""
 
 
@@ -445,6 +447,9 @@ def compare(workdirs: list[str], out_prefix: str) -> dict:
   tables = []
   for w in workdirs:
     path = os.path.join(w, EVAL_DIR, 'results.json')
+    if not os.path.isdir(w):
+      raise EvalError(f'--workdirs: {w} does not exist' if not os.path.exists(w) else
+                      f'--workdirs: {w} is a file, not a workdir')
     if not os.path.exists(path):
       raise EvalError(f'{path} not found: run python main.py --mode eval --workdir {w} first')
     tables.append(_read_json(path, None))

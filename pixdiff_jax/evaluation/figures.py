@@ -32,6 +32,7 @@ import numpy as np
 
 from pixdiff_jax import config as config_lib, data, models
 from pixdiff_jax.diffusion import parametrisation, samplers, schedules
+from pixdiff_jax.errors import InputError
 
 FIG_DIR = 'figures'
 PIXEL_VALUES = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -383,7 +384,7 @@ def make_figures(workdir: str, ev, *, num_images: int = 8) -> dict:
   eps = float(d.eps)
   test = data.load_images(config, split=ev.reference_split)
   if len(test) < num_images:
-    raise ValueError(f'figures need {num_images} images of split {ev.reference_split!r}')
+    raise InputError(f'figures need {num_images} images of split {ev.reference_split!r}')
   pick = np.random.default_rng(seed).choice(len(test), num_images, replace=False)
   images_unit = test[np.sort(pick)].astype(np.float32) / 255.0
   summary = {'workdir': os.path.abspath(workdir), 'files': {}, 'skipped': {}}

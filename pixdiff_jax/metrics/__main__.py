@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from pixdiff_jax.errors import InputError, UserError
+
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m pixdiff_jax.metrics',
@@ -44,18 +46,18 @@ def _load_samples(path: str, n: int) -> np.ndarray:
   try:
     f = np.load(path)
   except (OSError, EOFError, ValueError) as e:
-    raise ValueError(f'cannot read {path} as a .npz file ({type(e).__name__})') from e
+    raise InputError(f'cannot read {path} as a .npz file ({type(e).__name__})') from e
   if not isinstance(f, np.lib.npyio.NpzFile):
-    raise ValueError(f'{path} is a .npy array, not a .npz file with key "images"')
+    raise InputError(f'{path} is a .npy array, not a .npz file with key "images"')
   with f:
     if 'images' not in f.files:
-      raise ValueError(f'{path}: no key "images" (keys: {f.files})')
+      raise InputError(f'{path}: no key "images" (keys: {f.files})')
     images = f['images']
   images = check_images(images, f'{path}: "images"')
   if n < 0:
-    raise ValueError(f'--n must be >= 0, got {n}')
+    raise InputError(f'--n must be >= 0, got {n}')
   if n > len(images):
-    raise ValueError(f'--n {n} but {path} holds only {len(images)} images')
+    raise InputError(f'--n {n} but {path} holds only {len(images)} images')
   return images[:n] if n else images
 
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     images = _load_samples(args.samples, args.n)
     if len(images) < 2:
-      raise ValueError(f'a covariance needs at least 2 samples, got {len(images)}')
+      raise InputError(f'a covariance needs at least 2 samples, got {len(images)}')
     ex = metrics.get_feature_extractor('efflite0')
     crop = metrics.sample_crop(args.dataset, images)
     mu_r, sigma_r, ref_n = metrics.reference_stats(ex, dataset=args.dataset, split=args.split,
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor:
       result['floor_fd_efflite0'] = metrics.real_floor(
           ex, len(images), dataset=args.dataset, split=args.split, path=args.data_path)
-  except ValueError as e:  # includes DatasetNotFoundError and WeightsNotFoundError
+  except UserError as e:  # includes DatasetNotFoundError and WeightsNotFoundError
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(json.dumps(result))

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from pixdiff_jax.errors import InputError
+
 __all__ = ['StageSpec', 'LITE0_STAGES', 'EfficientNetLite', 'variables_from_torch',
            'FEATURE_DIM', 'BN_EPSILON']
 
@@ -159,7 +161,7 @@ def variables_from_torch(state_dict: Mapping[str, np.ndarray],
 
   Raises:
     KeyError: a parameter the network needs is missing (names the parameter).
-    ValueError: a parameter has the wrong shape.
+    InputError: a parameter has the wrong shape.
   """
   params: dict = {}
   stats: dict = {}
@@ -201,5 +203,5 @@ def variables_from_torch(state_dict: Mapping[str, np.ndarray],
   got_shapes = jax.tree_util.tree_map(np.shape, variables)
   want_shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), expected)
   if got_shapes != want_shapes:
-    raise ValueError('EfficientNet-Lite weights do not match the network: shapes differ')
+    raise InputError('EfficientNet-Lite weights do not match the network: shapes differ')
   return variables

@@ -13,6 +13,8 @@ import numpy as np
 from jaxtyping import Array, Float, UInt8
 from tqdm import tqdm
 
+from pixdiff_jax.errors import InputError
+
 __all__ = ['FeatureExtractor', 'resize_bilinear', 'center_crop', 'check_images']
 
 
@@ -25,14 +27,14 @@ def resize_bilinear(x: Float[Array, 'b h w c'], size: int) -> Float[Array, 'b si
 
 
 def check_images(images: Any, what: str = 'images') -> UInt8[np.ndarray, 'n h w c']:
-  """``uint8 [N, H, W, C]`` with ``C`` in (1, 3) (``[N, H, W]`` gets ``C = 1``), else ValueError."""
+  """``uint8 [N, H, W, C]`` with ``C`` in (1, 3) (``[N, H, W]`` gets ``C = 1``), else InputError."""
   images = np.asarray(images)
   if images.dtype != np.uint8:
-    raise ValueError(f'{what} must be uint8 (0..255), got dtype {images.dtype}')
+    raise InputError(f'{what} must be uint8 (0..255), got dtype {images.dtype}')
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f'{what} must be uint8 [N, H, W, C] with C = 1 or 3, got shape '
+    raise InputError(f'{what} must be uint8 [N, H, W, C] with C = 1 or 3, got shape '
                      f'{images.shape}')
   return images
 
@@ -44,7 +46,7 @@ def center_crop(images: UInt8[np.ndarray, 'n h w c'], crop_to: int | None
     return images
   _, h, w, _ = images.shape
   if not 0 < crop_to <= min(h, w):
-    raise ValueError(f'crop_to={crop_to} does not fit images of size {h}x{w}')
+    raise InputError(f'crop_to={crop_to} does not fit images of size {h}x{w}')
   top, left = (h - crop_to) // 2, (w - crop_to) // 2
   return images[:, top:top + crop_to, left:left + crop_to]
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from pixdiff_jax.errors import InputError
 from pixdiff_jax.metrics import torch_pickle
 from pixdiff_jax.metrics import weights as weights_lib
 from pixdiff_jax.metrics.extractor import FeatureExtractor, resize_bilinear
@@ -183,7 +184,7 @@ def variables_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
   var}``. The classifier (``fc.*``), ``AuxLogits.*`` and ``num_batches_tracked`` are ignored.
 
   Raises:
-    ValueError: parameters missing, left over or of the wrong shape (the message names them).
+    InputError: parameters missing, left over or of the wrong shape (the message names them).
   """
   variables: dict = {'params': {}, 'batch_stats': {}}
   for key, value in state_dict.items():
@@ -197,7 +198,7 @@ def variables_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
     elif layer == 'bn' and leaf in _BN_LEAVES:
       collection, name = _BN_LEAVES[leaf]
     else:
-      raise ValueError(f'Inception weights: unexpected parameter {key!r}')
+      raise InputError(f'Inception weights: unexpected parameter {key!r}')
     node = variables[collection]
     for p in path + [layer]:
       node = node.setdefault(p, {})
@@ -211,7 +212,7 @@ def variables_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
   missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
   wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
   if missing or extra or wrong:
-    raise ValueError(f'Inception weights do not match the FID InceptionV3: missing {missing[:3]}, '
+    raise InputError(f'Inception weights do not match the FID InceptionV3: missing {missing[:3]}, '
                      f'unexpected {extra[:3]}, wrong shape {wrong[:3]}')
   return variables
 

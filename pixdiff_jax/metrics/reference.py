@@ -21,6 +21,7 @@ import numpy as np
 from jaxtyping import Float, UInt8
 
 from pixdiff_jax import data as data_lib
+from pixdiff_jax.errors import InputError
 from pixdiff_jax.metrics import frechet
 from pixdiff_jax.metrics.extractor import FeatureExtractor, check_images
 from pixdiff_jax.metrics.features import get_feature_extractor
@@ -41,13 +42,13 @@ def load_split(dataset: str = 'fashion_mnist', split: str = 'test', path: str = 
   ``max_examples > 0`` keeps only the first images: non-standard, for tests only.
   """
   if dataset not in REFERENCE_DATASETS:
-    raise ValueError(f'reference dataset must be one of {REFERENCE_DATASETS}, got {dataset!r}')
+    raise InputError(f'reference dataset must be one of {REFERENCE_DATASETS}, got {dataset!r}')
   if dataset == 'npz':
     if not path:
-      raise ValueError("dataset 'npz' needs the path of a .npz file with key 'images'")
+      raise InputError("dataset 'npz' needs the path of a .npz file with key 'images'")
     with np.load(os.path.expanduser(path)) as f:
       if 'images' not in f.files:
-        raise ValueError(f'{path}: no key "images" (keys: {f.files})')
+        raise InputError(f'{path}: no key "images" (keys: {f.files})')
       images = check_images(f['images'], f'{path}: "images"')
     return images[:max_examples] if max_examples > 0 else images
   config = ml_collections.ConfigDict(dict(
@@ -105,11 +106,11 @@ def real_floor(ex: FeatureExtractor, n: int, *, dataset: str = 'fashion_mnist',
   """The real-vs-real floor: FD of ``n`` random ``train_split`` images to the reference split.
 
   Raises:
-    ValueError: ``n`` < 2 or more than the training split holds.
+    InputError: ``n`` < 2 or more than the training split holds.
   """
   train = load_split(dataset, train_split, path, max_examples)
   if not 2 <= n <= len(train):
-    raise ValueError(f'the floor needs 2 <= n <= {len(train)} (the {train_split} split), got {n}')
+    raise InputError(f'the floor needs 2 <= n <= {len(train)} (the {train_split} split), got {n}')
   pick = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
   mu_t, sigma_t = cached_stats(ex, train[pick], tag=f'{dataset}-{train_split}-seed{seed}')
   mu_r, sigma_r, _ = reference_stats(ex, dataset=dataset, split=split, path=path,
@@ -137,7 +138,7 @@ def fd_efflite0(images: UInt8[np.ndarray, 'n h w c'], *, dataset: str = 'fashion
   """
   images = check_images(images)
   if len(images) < 2:
-    raise ValueError(f'a covariance needs at least 2 samples, got {len(images)}')
+    raise InputError(f'a covariance needs at least 2 samples, got {len(images)}')
   crop = sample_crop(dataset, images) if crop_to == 'auto' else crop_to
   ex = get_feature_extractor('efflite0')
   mu, sigma = frechet.gaussian_stats(ex(images, crop_to=crop))

@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from pixdiff_jax.errors import InputError
+
 __all__ = ['WeightsNotFoundError', 'cache_dir', 'file_sha256', 'efflite0_weights_file',
            'converted_variables', 'atomic_savez', 'INCEPTION_WEIGHTS_NAME', 'INCEPTION_URL']
 
@@ -27,7 +29,7 @@ INCEPTION_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_
                  + INCEPTION_WEIGHTS_NAME)
 
 
-class WeightsNotFoundError(ValueError):
+class WeightsNotFoundError(InputError):
   """A feature network's weight file is not on this machine; the message says how to get it."""
 
 

@@ -28,6 +28,8 @@ import ml_collections
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+
+from pixdiff_jax.errors import ConfigError
 from pixdiff_jax.models.scale_vae import BOTTLENECK_SIZE, ScaleVAE
 from pixdiff_jax.models.thead_unet import head_mask, THeadUNet
 from pixdiff_jax.models.unet import UNet, UNetBackbone
@@ -52,59 +54,60 @@ def compute_dtype(section: ml_collections.ConfigDict):
   """The Flax ``dtype`` of ``config.vae`` or ``config.model`` (``None`` = float32)."""
   name = section.get('dtype', 'float32')
   if name not in COMPUTE_DTYPES:
-    raise ValueError(f'dtype={name!r} is unknown; known compute dtypes: {list(COMPUTE_DTYPES)}')
+    raise ConfigError(f'dtype={name!r} is unknown; known compute dtypes: {list(COMPUTE_DTYPES)}')
   return COMPUTE_DTYPES[name]
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ValueError`` naming the config field when the networks cannot be built from it."""
+  """Raises ``ConfigError`` (a ``ValueError``) naming the config field when the networks
+  cannot be built from it."""
   method = config.method
   if method not in METHOD_MODELS:
-    raise ValueError(f'method={method!r} is unknown; known methods: {sorted(METHOD_MODELS)}')
+    raise ConfigError(f'method={method!r} is unknown; known methods: {sorted(METHOD_MODELS)}')
   size = int(config.data.image_size)
   if config.data.num_channels < 1:
-    raise ValueError(f'data.num_channels={config.data.num_channels} must be >= 1')
+    raise ConfigError(f'data.num_channels={config.data.num_channels} must be >= 1')
   name = config.model.name
   if name not in REVERSE_MODELS:
-    raise ValueError(f'model.name={name!r} is unknown; known reverse models: '
-                     f'{sorted(REVERSE_MODELS)}')
+    raise ConfigError(f'model.name={name!r} is unknown; known reverse models: '
+                      f'{sorted(REVERSE_MODELS)}')
   if name != METHOD_MODELS[method]:
-    raise ValueError(f'model.name={name!r} does not fit method={method!r}, which needs '
-                     f'model.name={METHOD_MODELS[method]!r}')
+    raise ConfigError(f'model.name={name!r} does not fit method={method!r}, which needs '
+                      f'model.name={METHOD_MODELS[method]!r}')
   for section in ('vae', 'model'):
     if config[section].get('dtype', 'float32') not in COMPUTE_DTYPES:
-      raise ValueError(f'{section}.dtype={config[section].dtype!r} is unknown; known: '
-                       f'{list(COMPUTE_DTYPES)}')
+      raise ConfigError(f'{section}.dtype={config[section].dtype!r} is unknown; known: '
+                        f'{list(COMPUTE_DTYPES)}')
   levels = len(config.model.ch_mult) - 1
   if levels < 0:
-    raise ValueError('model.ch_mult must have at least one entry')
+    raise ConfigError('model.ch_mult must have at least one entry')
   if size % 2 ** levels:
-    raise ValueError(
+    raise ConfigError(
         f'data.image_size={size} is not divisible by 2**(len(model.ch_mult)-1)={2 ** levels} '
         f'(model.ch_mult={tuple(config.model.ch_mult)}): the U-Net downsamples {levels} times')
   if name == 'thead_unet':
     if config.model.num_heads != config.diffusion.num_steps:
-      raise ValueError(f'model.num_heads={config.model.num_heads} must equal '
-                       f'diffusion.num_steps={config.diffusion.num_steps} (one head per step)')
+      raise ConfigError(f'model.num_heads={config.model.num_heads} must equal '
+                        f'diffusion.num_steps={config.diffusion.num_steps} (one head per step)')
     if config.model.get('residual_heads', False) and config.diffusion.target != 'x0':
-      raise ValueError(f"model.residual_heads=True needs diffusion.target='x0' (the heads then "
-                       f"predict a correction to the VAE's clean image), got "
-                       f"diffusion.target={config.diffusion.target!r}")
+      raise ConfigError(f"model.residual_heads=True needs diffusion.target='x0' (the heads then "
+                        f"predict a correction to the VAE's clean image), got "
+                        f"diffusion.target={config.diffusion.target!r}")
     if config.model.head_ch < 1 or config.model.head_num_res_blocks < 0:
-      raise ValueError(f'model.head_ch={config.model.head_ch} must be >= 1 and '
-                       f'model.head_num_res_blocks={config.model.head_num_res_blocks} >= 0')
+      raise ConfigError(f'model.head_ch={config.model.head_ch} must be >= 1 and '
+                        f'model.head_num_res_blocks={config.model.head_num_res_blocks} >= 0')
   if method == 'pixel_aware':
     if config.vae.name not in VAES:
-      raise ValueError(f'vae.name={config.vae.name!r} is unknown; known VAEs: {sorted(VAES)}')
+      raise ConfigError(f'vae.name={config.vae.name!r} is unknown; known VAEs: {sorted(VAES)}')
     vlevels = len(config.vae.ch_mult) - 1
     if vlevels < 0:
-      raise ValueError('vae.ch_mult must have at least one entry')
+      raise ConfigError('vae.ch_mult must have at least one entry')
     if size != BOTTLENECK_SIZE * 2 ** vlevels:
       need = math.log2(size / BOTTLENECK_SIZE) if size >= BOTTLENECK_SIZE else -1.0
       hint = (f'use len(vae.ch_mult)={int(need) + 1}' if need >= 0 and need.is_integer()
               else 'data.image_size must be 4 * 2**k')
       reached = size / 2 ** vlevels
-      raise ValueError(
+      raise ConfigError(
           f'vae.ch_mult={tuple(config.vae.ch_mult)} downsamples data.image_size={size} '
           f'{vlevels} times (len(vae.ch_mult)-1) to {reached:g}x{reached:g}, but the VAE needs '
           f'a {BOTTLENECK_SIZE}x{BOTTLENECK_SIZE} bottleneck: {hint}')

@@ -31,6 +31,7 @@ from jax.experimental import checkify
 
 from pixdiff_jax import config as config_lib, data, models
 from pixdiff_jax.diffusion import parametrisation, samplers, schedules
+from pixdiff_jax.errors import ConfigError
 from pixdiff_jax.training import checkpointing
 
 PyTree = Any
@@ -39,7 +40,7 @@ SampleFn = Callable[[PyTree, jax.Array], jax.Array]
 
 def _image_shape(config, batch_size: int) -> tuple[int, int, int, int]:
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+    raise ConfigError(f'batch_size must be a positive int, got {batch_size!r}')
   d = config.data
   return (int(batch_size), d.image_size, d.image_size, d.num_channels)
 
@@ -98,8 +99,8 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
     overrides['sampler'] = sampler
   s = config_lib.sampler_settings(config, **overrides)
   if s['sampler'] not in config_lib.SAMPLERS[config.method]:
-    raise ValueError(f'sampler {s["sampler"]!r} is not available for method={config.method!r}; '
-                     f'choose one of {config_lib.SAMPLERS[config.method]}')
+    raise ConfigError(f'sampler {s["sampler"]!r} is not available for method={config.method!r}; '
+                      f'choose one of {config_lib.SAMPLERS[config.method]}')
   shape = _image_shape(config, batch_size)
   if config.method == 'ddpm':
     fn, evals = _ddpm_family_sample_fn(config, shape, s)
@@ -209,8 +210,9 @@ def _ddpm_family_sample_fn(config, shape, s):
 
 
 def _check_variables(variables, nets: dict, config) -> None:
-  """Raises ``ValueError`` unless ``variables`` has the keys of ``nets`` and, for each, arrays
-  with the paths and shapes of that network's parameters (``jax.eval_shape``: nothing runs)."""
+  """Raises ``ConfigError`` (a ``ValueError``) unless ``variables`` has the keys of ``nets``
+  and, for each, arrays with the paths and shapes of that network's parameters
+  (``jax.eval_shape``: nothing runs)."""
   keys = list(nets)
   if not isinstance(variables, dict) or set(keys) - set(variables):
     got = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
@@ -220,7 +222,7 @@ def _check_variables(variables, nets: dict, config) -> None:
         lambda k, net=net: models.init_params(net, config, k), jax.random.PRNGKey(0)))
     got = checkpointing.shapes_by_path(variables[name])
     if got != want:
-      raise ValueError(
+      raise ConfigError(
           f"variables['{name}'] do not match the network this config builds "
           f'({checkpointing.describe_mismatch(got, want, what="variables")}): they were made '
           'with another config; pass the config they were trained with (e.g. '

@@ -19,9 +19,12 @@ non-finite value read back means the files were damaged.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shutil
+import weakref
 import zlib
 from typing import Any, Callable
 
@@ -31,20 +34,32 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pixdiff_jax import models
+from pixdiff_jax.errors import (ConfigError, NotFoundError, UserError, WriteError,
+                                write_failure_reason)
 
 PyTree = Any
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
   """A checkpoint's arrays do not match the network built from the config."""
 
 
-class CheckpointUnreadableError(ValueError):
+class CheckpointUnreadableError(UserError, ValueError):
   """A checkpoint step's files cannot be read back (damaged or incomplete)."""
 
 
-class NoReadableCheckpointError(FileNotFoundError):
+class NoReadableCheckpointError(NotFoundError):
   """A stage has checkpoints, but none of them can be read."""
+
+
+class CheckpointWriteError(WriteError):
+  """A checkpoint step could not be written (a full disk, a quota); its partial files are gone."""
+
+
+# Orbax writes step N into this folder and renames it to N when the write is complete.
+_PARTIAL_STEP = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
+# Checkpointers that may have a write in flight (see finish_pending_writes).
+_WRITERS = weakref.WeakSet()
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -54,6 +69,16 @@ def stage_dir(workdir: str, stage: str) -> str:
 def broken_dir(workdir: str, stage: str) -> str:
   """Where unreadable steps of ``stage`` are moved: ``WORKDIR/checkpoints/<stage>-broken``."""
   return stage_dir(workdir, stage) + '-broken'
+
+
+def finished_steps(workdir: str, stage: str) -> list[int]:
+  """The steps of ``stage`` whose writes completed (``<step>/_CHECKPOINT_METADATA`` exists),
+  in order; nothing is read beyond the folder names."""
+  d = stage_dir(workdir, stage)
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d)
+                if n.isdigit() and os.path.exists(os.path.join(d, n, '_CHECKPOINT_METADATA')))
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -149,7 +174,7 @@ class StageCheckpointer:
     self.stage = stage
     self.directory = stage_dir(workdir, stage)
     if read_only and not os.path.isdir(self.directory):
-      raise FileNotFoundError(
+      raise NotFoundError(
           f'no checkpoints for stage {stage!r} in {self.directory}; train it first with '
           f'`python main.py --config CONFIG --workdir {workdir} --mode train`')
     if read_only:
@@ -169,6 +194,8 @@ class StageCheckpointer:
                          'checksums': ocp.JsonCheckpointHandler()})
     finally:
       absl_logger.setLevel(level)
+    if not read_only:
+      _WRITERS.add(self)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -181,11 +208,42 @@ class StageCheckpointer:
 
   def save(self, step: int, state: Any, *, force: bool = False) -> None:
     """Saves ``state`` (host or single-device arrays) and its :func:`array_checksums` under
-    ``step``; asynchronous."""
+    ``step``; asynchronous. A failed write (of this step or of the one still in flight) is a
+    :class:`CheckpointWriteError`, see :meth:`_writing`."""
     state = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
-    self.manager.save(int(step), args=ocp.args.Composite(
-        default=ocp.args.StandardSave(state),
-        checksums=ocp.args.JsonSave(array_checksums(state))), force=force)
+    with self._writing(step):
+      self.manager.save(int(step), args=ocp.args.Composite(
+          default=ocp.args.StandardSave(state),
+          checksums=ocp.args.JsonSave(array_checksums(state))), force=force)
+
+  @contextlib.contextmanager
+  def _writing(self, step: int | None):
+    """Turns a failed checkpoint write into a :class:`CheckpointWriteError` naming the step,
+    after removing the step's partial folder (so that nothing half-written is left beside the
+    intact steps; Orbax would skip it, but it holds the space the user must free)."""
+    try:
+      yield
+    except Exception as err:  # pylint: disable=broad-except
+      reason = write_failure_reason(err)
+      if reason is None:
+        raise
+      failed = self._remove_partial_steps()
+      step = failed[-1] if failed else step
+      where = self.step_dir(step) if step is not None else self.directory
+      raise CheckpointWriteError(where, reason, 'checkpoint',
+                                 'its partial files were removed' if failed else '') from err
+
+  def _remove_partial_steps(self) -> list[int]:
+    """Deletes Orbax's unfinished ``<step>.orbax-checkpoint-tmp*`` folders; returns the steps."""
+    steps = []
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return steps
+    for name in sorted(os.listdir(self.directory)):
+      m = _PARTIAL_STEP.match(name)
+      if m:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        steps.append(int(m.group(1)))
+    return sorted(steps)
 
   def restore(self, target: Any, step: int | None = None, *, params_only: bool = False) -> Any:
     """Restores ``step`` (latest by default) into the structure of ``target`` (arrays or
@@ -202,7 +260,7 @@ class StageCheckpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+      raise NotFoundError(f'no checkpoint in {self.directory}')
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
         if not isinstance(x, jax.ShapeDtypeStruct) else x, target)
@@ -290,11 +348,24 @@ class StageCheckpointer:
     return None
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._writing(None):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    with self._writing(None):
+      self.manager.wait_until_finished()
     self.manager.close()
+
+
+def finish_pending_writes() -> None:
+  """Waits for every checkpoint write still in flight (e.g. when training stops on another
+  error); a write that fails too leaves no partial folder. Used before naming the last intact
+  checkpoint."""
+  for ckpt in list(_WRITERS):
+    try:
+      ckpt.manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except  (reported by whoever stopped training)
+      ckpt._remove_partial_steps()  # pylint: disable=protected-access
 
 
 def stages_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -315,7 +386,7 @@ def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, *,
   stage and its step. Unreadable newer steps are moved aside with a warning (see
   :meth:`StageCheckpointer.restore_latest`)."""
   if name not in stages_for(config):
-    raise ValueError(f'stage {name!r} does not exist for method={config.method!r}')
+    raise ConfigError(f'stage {name!r} does not exist for method={config.method!r}')
   ckpt = StageCheckpointer(os.fspath(workdir), name, keep=config.training.keep_checkpoints,
                            read_only=True)
   try:
@@ -324,7 +395,7 @@ def load_stage(config: ml_collections.ConfigDict, workdir: str, name: str, *,
   finally:
     ckpt.close()
   if found is None:
-    raise FileNotFoundError(f'no checkpoint for stage {name!r} in {ckpt.directory}')
+    raise NotFoundError(f'no checkpoint for stage {name!r} in {ckpt.directory}')
   state, step = found
   return state['ema_params' if use_ema else 'params'], step
 

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from pixdiff_jax.errors import ConfigError
+
 PyTree = Any
 
 
@@ -36,7 +38,7 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
   has a NaN/inf and counts it in ``total_notfinite`` (see :func:`num_skipped_updates`).
   """
   if optim.lr <= 0:
-    raise ValueError(f'optim.lr must be > 0, got {optim.lr}')
+    raise ConfigError(f'optim.lr must be > 0, got {optim.lr}')
   if optim.warmup_steps > 0:
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, optim.lr, optim.warmup_steps),

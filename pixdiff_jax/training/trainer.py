@@ -30,6 +30,7 @@ import optax
 from absl import logging
 
 from pixdiff_jax import config as config_lib, data, models, sampling
+from pixdiff_jax.errors import ConfigError, UserError
 from pixdiff_jax.training import checkpointing, losses
 from pixdiff_jax.utils import distributed, image_grid, metric_writer, progress
 from pixdiff_jax.training.state import (TrainState, create_train_state, ema_decay_at,
@@ -195,7 +196,7 @@ def build_stage(config: ml_collections.ConfigDict, name: str, *,
 
 
 # ---------------------------------------------------------------------------- loop
-class TrainingDivergedError(Exception):
+class TrainingDivergedError(UserError):
   """Training produced non-finite updates or parameters; the message names the stage, the step
   and the last checkpoint that is still good."""
 
@@ -415,8 +416,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[s
   wanted = tuple(stages) if stages else stages_for(config)
   for name in wanted:
     if name not in stages_for(config):
-      raise ValueError(f'stage {name!r} does not exist for method={config.method!r}; '
-                       f'stages: {stages_for(config)}')
+      raise ConfigError(f'stage {name!r} does not exist for method={config.method!r}; '
+                        f'stages: {stages_for(config)}')
   stored_path = config_lib.config_path(workdir)
   if os.path.exists(stored_path):  # every process reads it; an incompatible one ends them all
     stored = config_lib.load_config(workdir)

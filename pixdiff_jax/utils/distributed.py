@@ -46,11 +46,13 @@ from typing import Callable
 import jax
 import numpy as np
 
+from pixdiff_jax.errors import UserError
+
 _FAILED_KEY = 'pixdiff_jax/failed'
 _state = {'active': False, 'finished': False, 'timeout_s': 60}
 
 
-class DistributedError(Exception):
+class DistributedError(UserError):
   """A multi-process start-up or runtime problem, printed as one line."""
 
 

@@ -7,6 +7,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from pixdiff_jax.errors import writing
+
 
 def make_grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 2) -> np.ndarray:
   """Tiles uint8 ``[N, H, W, C]`` into one ``[rows*(H+pad)+pad, cols*(W+pad)+pad, C]`` image."""
@@ -23,9 +25,11 @@ def make_grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 2) -> n
 
 
 def save_grid(path: str, images_uint8: np.ndarray, **kwargs) -> None:
-  """Writes a PNG grid of uint8 ``[N, H, W, C]`` images (C = 1 or 3)."""
+  """Writes a PNG grid of uint8 ``[N, H, W, C]`` images (C = 1 or 3); a failed write (full disk)
+  is a ``WriteError`` naming ``path``."""
   grid = make_grid(images_uint8, **kwargs)
   if grid.shape[-1] == 1:
     grid = grid[..., 0]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(grid).save(path)
+  with writing(path, 'image grid'):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid).save(path)
