@@ -14,8 +14,8 @@ not match, non-finite values) is
 *moved aside* to ``WORKDIR/checkpoints/<stage>-broken/<step>`` (never deleted), a warning names
 it and the reason, and the next older step is tried. A checkpoint whose arrays do not have the
 shapes of the network built from the config is a :class:`CheckpointMismatchError` (the config
-differs; nothing is moved). Training never writes non-finite parameters (see ``train.py``), so a
-non-finite value read back means the files were damaged.
+differs; nothing is moved). Training never writes non-finite parameters (see
+``training/loop.py``), so a non-finite value read back means the files were damaged.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 from pixdiff_jax import models
 from pixdiff_jax.errors import (ConfigError, NotFoundError, UserError, WriteError,
                                 write_failure_reason)
+from pixdiff_jax.training.stages import stages_for  # noqa: F401  (also re-exported from here)
 
 PyTree = Any
 
@@ -366,11 +367,6 @@ def finish_pending_writes() -> None:
       ckpt.manager.wait_until_finished()
     except Exception:  # pylint: disable=broad-except  (reported by whoever stopped training)
       ckpt._remove_partial_steps()  # pylint: disable=protected-access
-
-
-def stages_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Training stages of the config's method, in order."""
-  return ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
 
 
 def abstract_params(config: ml_collections.ConfigDict, name: str) -> PyTree:
