@@ -86,7 +86,8 @@ def _unpack(steps: dict, workdir: str):
 
 
 def _open_store(config, stored, workdir: str, n: int):
-  """(sample_fn, variables, settings, ChunkStore with the chunks already done)."""
+  """``(sample_fn, variables, settings, name, store)``: the sampler of the request and its
+  ``ChunkStore``, with the chunks a previous run wrote in ``store.done``."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
   from pixdiff_jax import config as config_lib, sampling
