@@ -299,3 +299,33 @@ def test_fd_efflite0_one_call(ex, fixture, tmp_path, monkeypatch):
   np.testing.assert_allclose(fd, expected, rtol=1e-9)
   with pytest.raises(ValueError, match='at least 2 samples, got 1'):
     metrics.fd_efflite0(images[:1], dataset='npz', path=str(tmp_path / 'ref.npz'))
+
+
+def test_cli_refuses_images_of_another_size_or_channel_count(fixture, tmp_path, capsys,
+                                                             monkeypatch):
+  """7x7 samples against the 28x28 Fashion-MNIST test split: one line (was scored, FD 1150);
+  --resize resizes them and says so in the JSON; channels are never converted."""
+  monkeypatch.setenv('PIXDIFF_JAX_METRICS_CACHE', str(tmp_path / 'cache'))
+  small = tmp_path / 'small.npz'
+  np.savez(small, images=np.random.default_rng(0).integers(0, 256, (4, 7, 7, 1), np.uint8))
+  if (pathlib.Path(data_lib.FASHION_MNIST_DIR) / 't10k-images-idx3-ubyte.gz').exists():
+    assert metrics_cli.main([str(small)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == '' and captured.err.strip().splitlines() == [
+        f'error: the images in {small} are 7x7x1 images but the fashion_mnist test split holds '
+        '28x28x1 images: a distance between images of different sizes measures the size; give '
+        '28x28 images, or add --resize to resize them (bilinear; the JSON then says '
+        '"resized_from")']
+  images = metrics.center_crop(fixture['grey_images'], 28)
+  np.savez(tmp_path / 'ref.npz', images=images)
+  ref = ['--dataset', 'npz', '--data_path', str(tmp_path / 'ref.npz')]
+  assert metrics_cli.main([str(small), *ref, '--resize']) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert (result['resized_from'], result['resized_to'], result['n']) == ([7, 7], [28, 28], 4)
+  assert np.isfinite(result['fd_efflite0'])
+  rgb = tmp_path / 'rgb.npz'
+  np.savez(rgb, images=np.repeat(images, 3, axis=-1))
+  assert metrics_cli.main([str(rgb), *ref, '--resize']) == 2
+  assert 'a different channel count (give 1-channel images' in capsys.readouterr().err
+  with pytest.raises(ValueError, match='are 7x7x1 images but the npz test split holds 28x28x1'):
+    metrics.fd_efflite0(np.load(small)['images'], dataset='npz', path=str(tmp_path / 'ref.npz'))

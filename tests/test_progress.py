@@ -39,3 +39,16 @@ def test_terminal_gets_tqdm():
   assert isinstance(bar, tqdm)
   bar.close()
   assert isinstance(progress.progress(total=3, interactive=False), progress.PlainProgress)
+
+
+def test_every_s_prints_between_rare_crossings(monkeypatch):
+  """A long run with slow units (a huge sample request) is not silent until 10% is done."""
+  clock = [0.0]
+  monkeypatch.setattr(progress.time, 'perf_counter', lambda: clock[0])
+  out = io.StringIO()
+  bar = progress.PlainProgress(total=1000, desc='sample', every=100, every_s=30, file=out)
+  for _ in range(4):
+    clock[0] += 20  # 20 s per unit: lines at 40 s and 80 s (>= 30 s after the last one)
+    bar.update(1)
+  assert [line.split(',')[0] for line in out.getvalue().splitlines()] == [
+      'sample: 2/1000 (0%)', 'sample: 4/1000 (0%)']

@@ -87,6 +87,20 @@ flags.DEFINE_integer('num_samples', 64, 'Number of images to generate (sample mo
 flags.DEFINE_string('sample_name', None,
                     'Base name of WORKDIR/samples/<name>.npz/.png (default: from the sampler).')
 flags.DEFINE_integer('sample_seed', 0, 'Seed of the sampling RNG (sample mode).')
+flags.DEFINE_integer('chunk_images', 0,
+                     'Sample mode writes its images in chunks of this many (whole batches) into '
+                     'WORKDIR/samples/<name>.chunks/, so that an interrupted request resumes; '
+                     '0: as many as fit in 256 MB.')
+flags.DEFINE_float('max_npz_gb', 4.0,
+                   'Sample mode assembles the chunks into <name>.npz when the images take at '
+                   'most this many GB (uncompressed); larger requests keep the chunk folder as '
+                   'their output.')
+flags.DEFINE_float('max_hours', None,
+                   'Sample mode: the longest estimated run accepted (measured on the first '
+                   'batch); without it, a request estimated at more than 24 h needs --yes.')
+flags.DEFINE_bool('yes', False,
+                  'Sample mode: go ahead with a request estimated to take longer than the limit '
+                  'or to need more disk space than is free.')
 flags.DEFINE_list('workdirs', [], 'Evaluated workdirs to tabulate together (compare mode).')
 flags.DEFINE_string('compare_out', 'comparison',
                     'compare mode writes <compare_out>.md and <compare_out>.json.')

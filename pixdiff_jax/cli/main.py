@@ -133,10 +133,7 @@ def main(argv):
       summary = sample_mode.sample(config, FLAGS.workdir)
       if summary:  # process 0 only
         print(json.dumps(summary, indent=2))
-        report_lib.report(f'sampling finished ({summary["num_samples"]} images, '
-                          f'{summary["network_evals"]} network calls each); wrote:',
-                          [f'  images  {summary["npz"]}  (uint8 [N, H, W, C], key "images")',
-                           f'  grid    {summary["png"]}'])
+        sample_mode.report(summary)
   except UserError as err:
     # User mistakes (bad config, missing data or checkpoints, a full disk) end in one readable
     # line; in a multi-process job the other processes end with it too (instead of waiting for

@@ -43,7 +43,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from pixdiff_jax.errors import InputError
+from pixdiff_jax.errors import InputError, writing
 
 __all__ = ['DEFAULT_SETTINGS', 'RESULT_COLUMNS', 'EVAL_DIR', 'EvalError', 'Setting', 'parse_setting',
            'settings_for', 'sample_counts', 'Scorer', 'check_inception_weights', 'evaluate',
@@ -242,26 +242,23 @@ def _sampler(workdir: str, config, setting: Setting, batch: int):
   return fn, variables, int(fn.network_evals), counts['total']
 
 
-def _generate(fn, variables, *, n: int, batch: int, seed: int, desc: str):
-  """Images uint8 [n, H, W, C], per-batch seconds (after compilation) and compile seconds."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from pixdiff_jax import data  # pylint: disable=g-import-not-at-top
-  key = jax.random.PRNGKey(seed)
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(variables, key).compile()
-  compile_s = time.perf_counter() - t0
-  chunks, times = [], []
-  for b in tqdm(range(-(-n // batch)), desc=desc, disable=jax.process_index() != 0):
-    t0 = time.perf_counter()
-    images = jax.block_until_ready(compiled(variables, jax.random.fold_in(key, b)))
-    times.append(time.perf_counter() - t0)
+def _generate(fn, variables, config, *, n: int, batch: int, seed: int, desc: str):
+  """Images uint8 [n, H, W, C], per-batch seconds (after compilation) and compile seconds, from
+  the generator that sample mode uses too (batch b: key fold_in(PRNGKey(seed), b))."""
+  from pixdiff_jax.sampling import generate  # pylint: disable=g-import-not-at-top
+
+  def finite(images):
     images = np.asarray(images)
     if not np.all(np.isfinite(images)):
       raise EvalError(f'{desc}: the sampler produced {int(np.sum(~np.isfinite(images)))} '
                       'non-finite pixel values')
-    chunks.append(data.to_uint8(images))
-  return np.concatenate(chunks)[:n], times, compile_s
+    return images
+
+  d = config.data
+  gen = generate.Generator(fn, variables, seed=seed, unpack=finite,
+                           image_shape=(batch, d.image_size, d.image_size, d.num_channels))
+  images = generate.generate(gen, n, desc=desc)
+  return images, gen.batch_seconds, gen.compile_seconds
 
 
 def _machine() -> dict:
@@ -358,9 +355,10 @@ def _sample_setting(workdir, config, ev, setting: Setting, n: int, out_dir: str,
     log(f'{setting.name}: reusing the samples in {npz}')
     return meta
   fn, variables, evals, params = _sampler(workdir, config, setting, batch)
-  images, times, compile_s = _generate(fn, variables, n=n, batch=batch, seed=int(ev.seed),
-                                       desc=setting.name)
-  np.savez_compressed(npz, images=images)
+  images, times, compile_s = _generate(fn, variables, config, n=n, batch=batch,
+                                       seed=int(ev.seed), desc=setting.name)
+  with writing(npz, 'samples'):
+    np.savez_compressed(npz, images=images)
   image_grid.save_grid(os.path.join(out_dir, f'{setting.name}.png'), images[:int(ev.grid_size)])
   meta = {'sampler': setting.label, 'num_samples': n, 'params': int(params),
           'network_evals': evals, 'vae_evals': 0 if config.method == 'ddpm' else 1,
@@ -482,6 +480,7 @@ def _read_json(path, default):
 
 def _write_json(path: str, obj: Any) -> None:
   tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=2, allow_nan=False)
-  os.replace(tmp, path)
+  with writing(path):
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(obj, f, indent=2, allow_nan=False)
+    os.replace(tmp, path)

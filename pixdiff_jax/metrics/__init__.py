@@ -16,11 +16,12 @@ from pixdiff_jax.metrics.extractor import FeatureExtractor, center_crop, resize_
 from pixdiff_jax.metrics.features import EXTRACTORS, get_feature_extractor
 from pixdiff_jax.metrics.frechet import frechet_distance, gaussian_stats
 from pixdiff_jax.metrics.inception import WEIGHTS_FLAG as INCEPTION_WEIGHTS_FLAG
-from pixdiff_jax.metrics.reference import (cached_stats, fd_efflite0, load_split, real_floor,
-                                           reference_stats, sample_crop)
+from pixdiff_jax.metrics.reference import (cached_stats, fd_efflite0, load_split,
+                                           match_reference, real_floor, reference_stats,
+                                           sample_crop)
 from pixdiff_jax.metrics.weights import WeightsNotFoundError, cache_dir
 
 __all__ = ['FeatureExtractor', 'center_crop', 'resize_bilinear', 'EXTRACTORS',
            'get_feature_extractor', 'frechet_distance', 'gaussian_stats', 'cached_stats',
-           'fd_efflite0', 'load_split', 'real_floor', 'reference_stats', 'sample_crop',
-           'WeightsNotFoundError', 'cache_dir', 'INCEPTION_WEIGHTS_FLAG']
+           'fd_efflite0', 'load_split', 'match_reference', 'real_floor', 'reference_stats',
+           'sample_crop', 'WeightsNotFoundError', 'cache_dir', 'INCEPTION_WEIGHTS_FLAG']

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--floor', action='store_true',
                  help='also compute the real-vs-real floor (N random training images)')
   p.add_argument('--batch_size', type=int, default=200, help='images per network call')
+  p.add_argument('--resize', action='store_true',
+                 help='resize samples whose size differs from the reference images\' '
+                      '(bilinear; recorded as "resized_from" in the JSON); without it they are '
+                      'refused')
   p.add_argument('--compilation_cache', default=os.path.expanduser('~/.cache/pixdiff_jax/xla'),
                  help="JAX's persistent compilation cache (as main.py); '' disables it")
   return p
@@ -72,14 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     images = _load_samples(args.samples, args.n)
     if len(images) < 2:
       raise InputError(f'a covariance needs at least 2 samples, got {len(images)}')
+    reference = metrics.load_split(args.dataset, args.split, args.data_path)
+    images, crop, resized_from = metrics.match_reference(
+        images, reference.shape, dataset=args.dataset, split=args.split,
+        what=f'the images in {args.samples}', resize=args.resize)
     ex = metrics.get_feature_extractor('efflite0')
-    crop = metrics.sample_crop(args.dataset, images)
-    mu_r, sigma_r, ref_n = metrics.reference_stats(ex, dataset=args.dataset, split=args.split,
-                                                   path=args.data_path)
+    # = metrics.reference_stats (the same cache entry), without reading the split twice.
+    mu_r, sigma_r = metrics.cached_stats(ex, reference, tag=f'{args.dataset}-{args.split}')
     mu, sigma = metrics.gaussian_stats(ex(images, crop_to=crop, batch_size=args.batch_size))
     result = {'fd_efflite0': metrics.frechet_distance(mu, sigma, mu_r, sigma_r),
               'n': len(images), 'dataset': args.dataset, 'split': args.split,
-              'reference_n': ref_n, 'crop_to': crop, 'weights_sha256': ex.weights_hash}
+              'reference_n': len(reference), 'crop_to': crop, 'weights_sha256': ex.weights_hash}
+    if resized_from is not None:
+      result['resized_from'] = resized_from
+      result['resized_to'] = list(reference.shape[1:3])
     if args.floor:
       result['floor_fd_efflite0'] = metrics.real_floor(
           ex, len(images), dataset=args.dataset, split=args.split, path=args.data_path)

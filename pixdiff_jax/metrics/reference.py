@@ -23,12 +23,12 @@ from jaxtyping import Float, UInt8
 from pixdiff_jax import data as data_lib
 from pixdiff_jax.errors import InputError
 from pixdiff_jax.metrics import frechet
-from pixdiff_jax.metrics.extractor import FeatureExtractor, check_images
+from pixdiff_jax.metrics.extractor import FeatureExtractor, center_crop, check_images
 from pixdiff_jax.metrics.features import get_feature_extractor
 from pixdiff_jax.metrics.weights import atomic_savez, cache_dir
 
 __all__ = ['load_split', 'cached_stats', 'reference_stats', 'real_floor', 'sample_crop',
-           'fd_efflite0', 'REFERENCE_DATASETS']
+           'match_reference', 'fd_efflite0', 'REFERENCE_DATASETS']
 
 REFERENCE_DATASETS = ('fashion_mnist', 'mnist', 'npz')
 _IDX_SIZE = 28
@@ -126,6 +126,49 @@ def sample_crop(dataset: str, images: np.ndarray) -> int | None:
   return None
 
 
+def _resize_uint8(images: np.ndarray, h: int, w: int, batch: int = 1000) -> np.ndarray:
+  """uint8 ``[N, H, W, C]`` -> uint8 ``[N, h, w, C]``: bilinear (antialiased when shrinking),
+  rounded."""
+  import jax  # pylint: disable=g-import-not-at-top
+  out = []
+  for i in range(0, len(images), batch):
+    x = images[i:i + batch].astype(np.float32)
+    y = jax.image.resize(x, (len(x), h, w, x.shape[-1]), method='linear', antialias=True)
+    out.append(np.clip(np.round(np.asarray(y)), 0, 255).astype(np.uint8))
+  return np.concatenate(out)
+
+
+def match_reference(images: np.ndarray, reference_shape, *, dataset: str,
+                    split: str, what: str = 'the samples', resize: bool = False
+                    ) -> tuple[np.ndarray, int | None, list[int] | None]:
+  """uint8 ``[N, H, W, C]`` samples made comparable with the reference split (of shape
+  ``reference_shape``): ``(images, crop_to, resized_from)``.
+
+  32x32 samples of the 28x28 datasets are centre-cropped (:func:`sample_crop`). Otherwise the
+  samples must have the reference's ``H x W`` and channel count: a Frechet distance between
+  images of different sizes measures the size, not the generator. With ``resize`` the samples
+  are resized (bilinear) to the reference's size and ``resized_from`` is their ``[H, W]``;
+  channels are never converted.
+
+  Raises:
+    InputError: the sizes or channel counts differ (and ``resize`` is off, for sizes).
+  """
+  _, rh, rw, rc = (int(d) for d in reference_shape)
+  crop = sample_crop(dataset, images)
+  h, w, c = (crop, crop, images.shape[-1]) if crop else images.shape[1:]
+  ref = f'the {dataset} {split} split holds {rh}x{rw}x{rc} images'
+  if c != rc:
+    raise InputError(f'{what} are {h}x{w}x{c} images but {ref}: a different channel count '
+                     f'(give {rc}-channel images; channels are not converted)')
+  if (h, w) == (rh, rw):
+    return images, crop, None
+  if not resize:
+    raise InputError(f'{what} are {h}x{w}x{c} images but {ref}: a distance between images of '
+                     f'different sizes measures the size; give {rh}x{rw} images, or add --resize '
+                     'to resize them (bilinear; the JSON then says "resized_from")')
+  return _resize_uint8(center_crop(images, crop), rh, rw), None, [int(h), int(w)]
+
+
 def fd_efflite0(images: UInt8[np.ndarray, 'n h w c'], *, dataset: str = 'fashion_mnist',
                 split: str = 'test', path: str = '',
                 crop_to: int | None | Literal['auto'] = 'auto') -> float:
@@ -135,12 +178,18 @@ def fd_efflite0(images: UInt8[np.ndarray, 'n h w c'], *, dataset: str = 'fashion
     images: ``uint8 [N, H, W, C]``, ``N >= 2``.
     dataset, split, path: the reference data (see :func:`load_split`).
     crop_to: ``'auto'`` = :func:`sample_crop` (32x32 samples of 28x28 data -> 28), or explicit.
+      With ``'auto'``, images of another size or channel count than the reference's are refused
+      (:func:`match_reference`).
   """
   images = check_images(images)
   if len(images) < 2:
     raise InputError(f'a covariance needs at least 2 samples, got {len(images)}')
-  crop = sample_crop(dataset, images) if crop_to == 'auto' else crop_to
+  reference = load_split(dataset, split, path)
+  if crop_to == 'auto':  # images of another size or channel count are refused
+    images, crop, _ = match_reference(images, reference.shape, dataset=dataset, split=split)
+  else:
+    crop = crop_to
   ex = get_feature_extractor('efflite0')
   mu, sigma = frechet.gaussian_stats(ex(images, crop_to=crop))
-  mu_r, sigma_r, _ = reference_stats(ex, dataset=dataset, split=split, path=path)
+  mu_r, sigma_r = cached_stats(ex, reference, tag=f'{dataset}-{split}')  # = reference_stats
   return frechet.frechet_distance(mu, sigma, mu_r, sigma_r)

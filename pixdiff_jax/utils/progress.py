@@ -20,18 +20,20 @@ class PlainProgress:
   """``update(n)``, ``set_postfix(**values)``, ``close()`` like tqdm; prints plain lines.
 
   A line ``<desc>: <n>/<total> (<percent>%) <postfix>, <elapsed>`` goes to ``file`` whenever the
-  count crosses a multiple of ``every``, and once at :meth:`close` unless the last one was
-  already at that count.
+  count crosses a multiple of ``every`` (or, with ``every_s``, when that many seconds passed since
+  the last line: a long run with few, slow units is not silent for hours), and once at
+  :meth:`close` unless the last one was already at that count.
   """
 
   def __init__(self, *, total: int, initial: int = 0, desc: str = '', every: int = 1,
-               disable: bool = False, file: TextIO | None = None):
+               disable: bool = False, file: TextIO | None = None, every_s: float | None = None):
     self.total, self.n, self.desc = int(total), int(initial), desc
     self.every = max(1, int(every))
+    self.every_s = every_s
     self.disable = disable
     self.file = file
     self._postfix: dict[str, Any] = {}
-    self._start = time.perf_counter()
+    self._start = self._last_line = time.perf_counter()
     self._printed_at = None
 
   def set_postfix(self, **values: Any) -> None:
@@ -39,7 +41,8 @@ class PlainProgress:
 
   def update(self, n: int = 1) -> None:
     before, self.n = self.n, self.n + int(n)
-    if self.n // self.every > before // self.every:
+    if self.n // self.every > before // self.every or (
+        self.every_s is not None and time.perf_counter() - self._last_line >= self.every_s):
       self._print()
 
   def close(self) -> None:
@@ -48,6 +51,7 @@ class PlainProgress:
 
   def _print(self) -> None:
     self._printed_at = self.n
+    self._last_line = time.perf_counter()
     if self.disable:
       return
     pct = f' ({100 * self.n / self.total:.0f}%)' if self.total else ''
@@ -58,12 +62,14 @@ class PlainProgress:
 
 
 def progress(*, total: int, initial: int = 0, desc: str = '', every: int = 1,
-             disable: bool = False, interactive: bool | None = None) -> Any:
+             disable: bool = False, interactive: bool | None = None,
+             every_s: float | None = None) -> Any:
   """A tqdm bar if stderr is a terminal (or ``interactive``), else a :class:`PlainProgress`.
 
   Args:
     total, initial, desc: as tqdm's.
     every: the plain lines' period, in units of ``update``.
+    every_s: also a plain line when this many seconds passed since the last one.
     disable: no output at all (e.g. on processes other than 0).
     interactive: override the terminal test (tests).
   """
@@ -71,4 +77,5 @@ def progress(*, total: int, initial: int = 0, desc: str = '', every: int = 1,
     interactive = sys.stderr.isatty()
   if interactive:
     return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True)
-  return PlainProgress(total=total, initial=initial, desc=desc, every=every, disable=disable)
+  return PlainProgress(total=total, initial=initial, desc=desc, every=every, disable=disable,
+                       every_s=every_s)

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Callable, Iterator
 
-from pixdiff_jax.errors import UserError
+from pixdiff_jax.errors import UserError, WriteError
 
 __all__ = ['WorkdirInUseError', 'WorkdirLock', 'hold']
 
@@ -61,7 +61,10 @@ class WorkdirLock:
     """Takes the lock (the workdir must exist); a stale holder is replaced with a ``notice``."""
     notice = notice or (lambda msg: print(msg, file=sys.stderr, flush=True))
     while True:
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      except OSError as err:  # e.g. a read-only file system
+        raise WriteError(self.path, err.strerror or str(err), 'lock file') from err
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError:  # held by a live process
@@ -131,7 +134,10 @@ def hold(workdir: str, purpose: str = 'train', *,
   run failed before writing anything), the folders it created are removed again.
   """
   created = _missing_dirs(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as err:
+    raise WriteError(workdir, err.strerror or str(err), 'workdir') from err
   lock = WorkdirLock(workdir, purpose)
   try:
     lock.acquire(notice)
