@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from pixdiff_jax import metrics
+from pixdiff_jax import data as data_lib, metrics
 from pixdiff_jax.metrics import __main__ as metrics_cli, efficientnet_lite, torch_pickle, weights
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
