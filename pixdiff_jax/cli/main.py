@@ -80,6 +80,19 @@ def _config_for(mode: str, workdir: str):
   return FLAGS.config
 
 
+def _command_for_stage(stage: str) -> str:
+  """This command line with ``--stage stage`` instead of its own ``--stage``."""
+  args, skip = [], False
+  for arg in sys.argv[1:]:
+    if skip:
+      skip = False
+    elif arg == '--stage':
+      skip = True
+    elif not arg.startswith(('--stage=', '--compilation_cache')):
+      args.append(arg)
+  return ' '.join(['python main.py', *args, '--stage', stage])
+
+
 def _start_distributed():
   """--distributed: joins the multi-process job; only process 0 logs at INFO level."""
   from pixdiff_jax.utils import distributed  # pylint: disable=g-import-not-at-top
@@ -135,6 +148,8 @@ def main(argv):
         sys.exit(128 + int(stop.signum))
       except trainer.TrainingDivergedError as err:
         fail(str(err), err)
+      except trainer.MissingStageError as err:
+        fail(err.message(_command_for_stage(err.stage)), err)
       report_lib.report(f'training finished; {FLAGS.workdir} holds:',
                         report_lib.files_written(FLAGS.workdir))
     else:

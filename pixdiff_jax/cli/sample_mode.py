@@ -31,7 +31,8 @@ def sample(config, workdir: str) -> dict:
   # The command line's sampling section with its preset applied is the whole sampler; passed
   # as 'custom' so that the workdir's stored sampling fields play no part.
   settings = config_lib.sampler_settings(config)
-  fields = ('sampler', 'network_calls', 'eta', 'clip_denoised', 'prior', 'update', 'num_steps')
+  fields = ('sampler', 'network_calls', 'eta', 'clip_denoised', 'prior', 'update', 'num_steps',
+            'distilled')
   sample_fn, variables = sampling.load_sampler(
       workdir, batch_size=batch, use_ema=s.use_ema, preset='custom', check_finite=True,
       **{k: settings[k] for k in fields})
@@ -67,9 +68,14 @@ def sample(config, workdir: str) -> dict:
   if jax.process_index() != 0:
     return {}
   st = dict(sample_fn.settings, preset=settings['preset'])
-  name = FLAGS.sample_name or (
-      f"{st['sampler']}_{st['preset']}_K{st['network_calls']}_eta{st['eta']:g}_{st['update']}"
-      if config.method == 'pixel_aware' else f"{st['sampler']}_S{sample_fn.network_evals}")
+  if config.method == 'pixel_aware':
+    default_name = (f"{st['sampler']}_{st['preset']}_K{st['network_calls']}_eta{st['eta']:g}_"
+                    f"{st['update']}")
+  elif st['distilled']:
+    default_name = f"distilled_K{st['network_calls']}"
+  else:
+    default_name = f"{st['sampler']}_S{sample_fn.network_evals}"
+  name = FLAGS.sample_name or default_name
   npz_path = os.path.join(out_dir, f'{name}.npz')
   png_path = os.path.join(out_dir, f'{name}.png')
   np.savez_compressed(npz_path, images=images)

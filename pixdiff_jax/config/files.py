@@ -25,7 +25,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir of a training run?')
   with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(tuples_from_json(json.load(f)))
+    config = ml_collections.ConfigDict(tuples_from_json(json.load(f)))
+  if 'distill' not in config:  # trained before the distill stage existed: none (steps = 0)
+    config.distill = _default_config().distill
+    config.distill.steps = 0
+  return config
+
+
+def _default_config() -> ml_collections.ConfigDict:
+  """``configs/default.py``'s ``get_default_config()`` (for sections old workdirs lack)."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return load_config_module(os.path.join(root, 'configs', 'default.py')).get_default_config()
 
 
 def load_config_module(path: str):
