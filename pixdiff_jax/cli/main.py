@@ -149,7 +149,7 @@ def main(argv):
       except trainer.TrainingDivergedError as err:
         fail(str(err), err)
       except trainer.MissingStageError as err:
-        fail(err.message(_command_for_stage(err.stage)), err)
+        fail(err.message(_command_for_stage(err.command_stage)), err)
       report_lib.report(f'training finished; {FLAGS.workdir} holds:',
                         report_lib.files_written(FLAGS.workdir))
     else:

@@ -74,26 +74,37 @@ def get_teacher_fn(config: ml_collections.ConfigDict, batch_size: int
 
     return ddpm_teacher
 
-  d = config.diffusion
-  T = int(d.num_steps)
+  T = int(config.diffusion.num_steps)
   vae = models.build_vae(config)
   net = models.build_reverse_model(config)
-  steps = distill_loss.call_steps(config)
 
   def teacher(variables, key):
     x_T, xd, _ = sample_lib.draw_start(config, vae, variables['vae'], key, batch_size,
                                        prior='scale')
     model_fn, head_fn = sample_lib.reverse_model_fns(net, variables['reverse'], batch_size, T)
-    _, traj = samplers.block_sequential_reverse(
-        model_fn, x_T, xd, None, num_steps=T, network_calls=T, eta=0.0, clip_denoised=True,
-        eps=d.eps, update='x0_jump', target=d.target, head_fn=head_fn, return_trajectory=True)
-    # Block k of the K = T sampler starts at step T - k: state x_t is traj['x'][T - t], and
-    # the estimate made at step j is traj['x0'][T - j].
-    states = jnp.stack([traj['x'][T - t] for t in steps], axis=1)     # [B, C, H, W, C]
-    x0 = jnp.moveaxis(traj['x0'][::-1], 0, 1)                          # [B, T, H, W, C]
-    return {'x_delta_hat': xd, 'states': states, 'x0': x0}
+    return pixel_aware_pairs(config, model_fn, head_fn, x_T, xd)
 
   return teacher
+
+
+def pixel_aware_pairs(config: ml_collections.ConfigDict, model_fn, head_fn, x_T: jax.Array,
+                      x_delta_hat: jax.Array) -> dict[str, jax.Array]:
+  """The pairs of the K = T ``consistent`` sampler (``x0_jump``, eta 0, clip) run from ``x_T``
+  with the reverse model ``model_fn`` / ``head_fn`` (``samplers.block_sequential_reverse``'s):
+  ``x_delta_hat``, ``states [B, C, H, W, C]`` (its state at each of
+  ``distill_loss.call_steps``) and ``x0 [B, T, H, W, C]`` (index ``j - 1``: its clipped
+  clean-image estimate at step ``j``; index 0 is its output)."""
+  d = config.diffusion
+  T = int(d.num_steps)
+  _, traj = samplers.block_sequential_reverse(
+      model_fn, x_T, x_delta_hat, None, num_steps=T, network_calls=T, eta=0.0,
+      clip_denoised=True, eps=d.eps, update='x0_jump', target=d.target, head_fn=head_fn,
+      return_trajectory=True)
+  # Block k of the K = T sampler starts at step T - k: state x_t is traj['x'][T - t], and the
+  # estimate made at step j is traj['x0'][T - j].
+  states = jnp.stack([traj['x'][T - t] for t in distill_loss.call_steps(config)], axis=1)
+  x0 = jnp.moveaxis(traj['x0'][::-1], 0, 1)
+  return {'x_delta_hat': x_delta_hat, 'states': states, 'x0': x0}
 
 
 def teacher_variables(config: ml_collections.ConfigDict, params: dict[str, PyTree]

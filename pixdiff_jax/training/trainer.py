@@ -37,11 +37,15 @@ PyTree = object
 
 
 class MissingStageError(ValueError):
-  """A stage needs a finished earlier stage that the workdir lacks (``stage`` names it)."""
+  """A stage needs a finished earlier stage that the workdir lacks (``stage`` names it;
+  ``command_stage`` is the ``--stage`` that trains what is missing)."""
 
-  def __init__(self, needed_by: str, stage: str, workdir: str, why: str):
+  def __init__(self, needed_by: str, stage: str, workdir: str, why: str, *,
+               command_stage: str | None = None):
     self.needed_by, self.stage, self.workdir, self.why = needed_by, stage, workdir, why
-    super().__init__(self.message(f'python main.py --workdir {workdir} --stage {stage}'))
+    self.command_stage = command_stage or stage
+    super().__init__(self.message(
+        f'python main.py --workdir {workdir} --stage {self.command_stage}'))
 
   def message(self, command: str) -> str:
     """The one-line message, naming ``command`` as the one that trains the missing stage."""
@@ -56,10 +60,12 @@ def _stage_steps(config, name: str) -> int:
 
 def _check_teacher_finished(config, workdir: str, wanted: tuple[str, ...]) -> None:
   """Before anything runs: the stages the distill stage distils must be finished, or be
-  trained by this run before it."""
+  trained by this run before it. The message names the teacher stage (or the first stage that
+  stops short) and the command that trains what is missing (``--stage all`` when several)."""
   if 'distill' not in wanted:
     return
   needed = ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
+  missing = []
   for name in needed:
     if name in wanted:
       continue
@@ -67,10 +73,13 @@ def _check_teacher_finished(config, workdir: str, wanted: tuple[str, ...]) -> No
     steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
         directory) else []
     if not steps:
-      raise MissingStageError('distill', name, workdir, f'{workdir} has no checkpoint of it')
-    if steps[-1] < _stage_steps(config, name):
-      raise MissingStageError('distill', name, workdir,
-                              f'it stopped at step {steps[-1]} of {_stage_steps(config, name)}')
+      missing.append((name, f'{workdir} has no checkpoint of it'))
+    elif steps[-1] < _stage_steps(config, name):
+      missing.append((name, f'it stopped at step {steps[-1]} of {_stage_steps(config, name)}'))
+  if missing:
+    name, why = missing[-1] if missing[-1][0] == needed[-1] else missing[0]
+    raise MissingStageError('distill', name, workdir, why,
+                            command_stage=name if len(missing) == 1 else 'all')
 
 
 def _distill_stage(config, workdir: str, results: dict, steps: dict) -> Stage:
