@@ -4,8 +4,10 @@ Modes (--mode), one example each:
 
   train   (default) train every stage of a config into a workdir, resuming what is there:
             python main.py        # the main job: configs/fashion_mnist.py into runs/fmnist
+            python main.py --stage distill    # only the one-pass student (after reverse)
   sample  generate images with the networks of a workdir (its stored config.json):
             python main.py --mode sample --workdir runs/fmnist --num_samples 64
+            python main.py --mode sample --config.sampling.preset=distilled   # one call
   info    parameter counts of a config's networks, without building them:
             python main.py --mode info --config configs/cifar10.py
   eval    sample quality (FD_efflite0, FID), cost and speed of sampler settings (config.eval):

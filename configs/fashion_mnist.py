@@ -6,6 +6,12 @@ predict the clean image and are conditioned on the VAE's estimate from ``x_T``, 
 example in the loss. Why each value, with the measurements: docs/results.md section 6.3.
 Sampling: the ``consistent`` preset with one network call per step. Data: the Debian package
 ``dataset-fashion-mnist`` (28x28 padded to 32x32).
+
+Stage 3, ``distill`` (docs/design.md section 7): a one-pass student of the K = T ``consistent``
+sampler, from 8192 teacher pairs made once (measured: a pair costs several student steps, see
+docs/performance.md "Distillation pairs"), 1500 steps at batch 64 with Adam 1e-4 (the sizes of
+issue 22's check, which took head T from FD_efflite0 572.5 to 476.3); head 1 (the final image)
+weighted 5x, with one other random head per example. These sizes are not yet refitted to the 20-minute budget (issue 22, deliverable 4).
 """
 from pixdiff_jax.config import sibling_config
 
@@ -49,6 +55,17 @@ def get_config():
 
   config.optim.lr = 1e-3
   config.optim.warmup_steps = 50
+
+  config.distill.steps = 1500
+  config.distill.batch_size = 64
+  config.distill.lr = 1e-4
+  config.distill.num_pairs = 8192
+  config.distill.teacher_batch = 256
+  config.distill.calls = (1, 2)
+  config.distill.final_weight = 5.0
+  # Head 1 and one random other active head per example (unbiased): a student step 0.95 instead
+  # of 1.73 s at batch 64 (docs/performance.md, "Distillation pairs"); quality not yet compared.
+  config.distill.heads_per_example = 2
 
   config.sampling.preset = 'consistent'
   config.sampling.network_calls = 10

@@ -2,6 +2,7 @@
 
     python examples/sample_from_jax.py                         # the main job's runs/fmnist
     python examples/sample_from_jax.py --workdir runs/smoke --batch_size 4 --num_keys 3
+    python examples/sample_from_jax.py --presets distilled     # the distilled student only
 
 Shows the three things a researcher does with ``sample_fn``:
 
@@ -13,11 +14,16 @@ Shows the three things a researcher does with ``sample_fn``:
 
 ``sample_fn(variables, key)`` is pure: images depend only on the key, so the vmapped batch for
 key ``k`` is the jitted call with key ``k`` (up to float32 rounding of batched convolutions).
+
+It does this for the workdir's own sampler and, when the workdir has a distill stage, for the
+distilled presets ``distilled`` (one network call) and ``distilled_K2`` (two), which
+``load_sampler`` builds with the student's parameters (``--presets`` picks which).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +37,36 @@ def main(argv=None) -> dict:
   parser.add_argument('--workdir', default='runs/fmnist', help='a trained workdir')
   parser.add_argument('--batch_size', type=int, default=8, help='images per key')
   parser.add_argument('--num_keys', type=int, default=4, help='keys to vmap over')
+  parser.add_argument('--presets', default='',
+                      help="comma-separated: 'config' (the workdir's sampler), 'distilled', "
+                           "'distilled_K2'; default: config, plus the distilled ones if the "
+                           'workdir has a distill stage')
   args = parser.parse_args(argv)
+  presets = [p for p in args.presets.split(',') if p] or ['config'] + (
+      ['distilled', 'distilled_K2'] if has_distill_stage(args.workdir) else [])
+  result = {}
+  for preset in presets:
+    # 1. The sampler of the workdir (its stored config and sampler settings, EMA parameters);
+    # a preset name swaps in that preset's settings (and, distilled, the student's parameters).
+    overrides = {} if preset == 'config' else {'preset': preset}
+    sample_fn, variables = pixdiff_jax.load_sampler(args.workdir, batch_size=args.batch_size,
+                                                    **overrides)
+    stats = demo(sample_fn, variables, args.num_keys)
+    result = result or dict(stats)  # the first preset's numbers at the top level
+    result.setdefault('presets', {})[preset] = stats
+  print(json.dumps(result, indent=2))
+  return result
 
-  # 1. The sampler of the workdir (its stored config and sampler settings, EMA parameters).
-  sample_fn, variables = pixdiff_jax.load_sampler(args.workdir, batch_size=args.batch_size)
+
+def has_distill_stage(workdir: str) -> bool:
+  directory = os.path.join(workdir, 'checkpoints', 'distill')
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def demo(sample_fn, variables, num_keys: int) -> dict:
+  """jit, vmap over keys and use inside another jitted function; returns what it measured."""
   sample = jax.jit(sample_fn)
-  keys = jax.random.split(jax.random.PRNGKey(0), args.num_keys)
+  keys = jax.random.split(jax.random.PRNGKey(0), num_keys)
   one = sample(variables, keys[0])                        # float32 [B, H, W, C] in [0, 1]
 
   # 2. vmap over keys: variables are shared (in_axes None), keys batched.
@@ -54,7 +84,7 @@ def main(argv=None) -> dict:
 
   brightness, diversity = generate_and_score(variables, keys[0])
 
-  result = {
+  return {
       'image_shape': list(one.shape),
       'vmapped_shape': list(many.shape),
       'network_evals_per_call': int(sample_fn.network_evals),
@@ -66,8 +96,6 @@ def main(argv=None) -> dict:
       'mean_brightness_host': float(np.asarray(one).mean()),
       'diversity': float(diversity),
   }
-  print(json.dumps(result, indent=2))
-  return result
 
 
 if __name__ == '__main__':

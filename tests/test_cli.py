@@ -34,16 +34,18 @@ def test_smoke_trains_resumes_and_samples(smoke_workdir):
   workdir, run = smoke_workdir
   for stage in ('vae', 'reverse'):
     assert sorted(os.listdir(workdir / 'checkpoints' / stage)) == ['4', '6']
+  assert sorted(os.listdir(workdir / 'checkpoints' / 'distill')) == ['4']
   lines = (workdir / 'metrics.jsonl').read_text().splitlines()
   records = [json.loads(line) for line in lines]
-  assert {r['stage'] for r in records} == {'vae', 'reverse'}
+  assert {r['stage'] for r in records} == {'vae', 'reverse', 'distill'}
   assert all(np.isfinite(r['loss']) for r in records)
-  for stage in ('vae', 'reverse'):  # each stage's final snapshot grid
-    assert (workdir / 'samples' / f'{stage}_step0000006.png').exists()
+  for stage, step in (('vae', 6), ('reverse', 6), ('distill', 4)):  # final snapshot grids
+    assert (workdir / 'samples' / f'{stage}_step{step:07d}.png').exists()
   # The end of training names what was written (stderr; not a terminal here, so no bar).
   assert f'checkpoints   {workdir}/checkpoints/reverse/6  (stage reverse, step 6)' in run.stderr
+  assert f'checkpoints   {workdir}/checkpoints/distill/4  (stage distill, step 4)' in run.stderr
   assert f'metrics.jsonl {workdir}/metrics.jsonl' in run.stderr
-  assert 'newest reverse_step0000006.png' in run.stderr
+  assert 'newest distill_step0000004.png' in run.stderr
   assert f'tensorboard   tensorboard --logdir {workdir}/tensorboard' in run.stderr
   assert '\r' not in run.stderr
   assert 'train reverse: 6/6 (100%)' in run.stderr
@@ -85,6 +87,14 @@ def test_smoke_trains_resumes_and_samples(smoke_workdir):
   st = json.loads(paper.stdout)['settings']
   assert (st['preset'], st['network_calls'], st['eta'], st['clip_denoised'], st['prior'],
           st['update']) == ('paper', 1, 1.0, False, 'standard', 'recursion')
+  # The distilled preset samples with the distill stage's student: one network call.
+  one = _main('--workdir', str(workdir), '--mode', 'sample', '--num_samples', '2',
+              '--config.sampling.preset=distilled')
+  assert one.returncode == 0, one.stderr[-3000:]
+  summary = json.loads(one.stdout)
+  assert summary['network_evals'] == 1
+  assert summary['checkpoint_steps'] == {'vae': 6, 'distill': 4}
+  assert summary['npz'].endswith('parallel_distilled_K1_eta0_x0_steps.npz')
   bad = _main('--workdir', str(workdir), '--mode', 'sample', '--config.sampling.no_such=1')
   assert bad.returncode == 2 and 'Traceback' not in bad.stderr, bad.stderr[-2000:]
   bad_lines = [line for line in bad.stderr.splitlines() if line.startswith('error:')]
@@ -114,6 +124,13 @@ def test_example_sample_from_jax(smoke_workdir):
   # The statistics computed inside the fused jitted program match the host's.
   assert abs(out['mean_brightness'] - out['mean_brightness_host']) < 1e-5
   assert out['diversity'] > 0
+  # The workdir has a distill stage: the distilled presets jit, vmap and fuse the same way.
+  assert list(out['presets']) == ['config', 'distilled', 'distilled_K2']
+  for preset, calls in (('distilled', 1), ('distilled_K2', 2)):
+    got = out['presets'][preset]
+    assert got['network_evals_per_call'] == calls and got['vmapped_shape'] == [2, 3, 32, 32, 1]
+    assert got['max_abs_diff_vmap_vs_jit'] < 1e-3
+    assert abs(got['mean_brightness'] - got['mean_brightness_host']) < 1e-5
 
 
 def test_defaults_are_the_main_job(tmp_path):

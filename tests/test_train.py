@@ -1,4 +1,5 @@
 """Training loop: pmap == single-device step, checkpoint round trip, exact resume after a crash."""
+import json
 import os
 import signal
 
@@ -23,6 +24,7 @@ def _config(**training):
   # Smaller than smoke.py where it does not change the code path: compile time dominates here.
   config.diffusion.num_steps = 4
   config.model.head_num_res_blocks = 0
+  config.distill.steps = 0  # on only where a test trains it
   for k, v in training.items():
     config.training[k] = v
   return config
@@ -125,28 +127,42 @@ class _Crash(KeyboardInterrupt):
 
 def test_interrupted_run_resumes_to_the_same_parameters(tmp_path):
   """A run killed mid-stage and restarted with the same command ends where an uninterrupted
-  run ends: same data order, same per-step randomness, optimiser and EMA state restored."""
+  run ends: same data order, same per-step randomness, optimiser and EMA state restored. The
+  distill stage too (killed at its step 2): the same pairs (read back from its cache), the same
+  batches of them, the same parameters bit for bit."""
   config = _config(vae_steps=2, reverse_steps=4, checkpoint_every=100, snapshot_every=0,
                    log_every=2, steps_per_dispatch=1)
+  config.distill.update(steps=3, batch_size=4, num_pairs=6, teacher_batch=4)
   full = trainer.train(config, str(tmp_path / 'full'))
 
-  def crash_at_reverse_step_2(stage, step):
-    if stage == 'reverse' and step == 2:
-      raise _Crash()
+  def crash_at(name):
+    def hook(stage, step):
+      if stage == name and step == 2:
+        raise _Crash()
+    return hook
 
   workdir = str(tmp_path / 'crashed')
   with pytest.raises(KeyboardInterrupt):
-    trainer.train(config, workdir, hooks=[crash_at_reverse_step_2])
+    trainer.train(config, workdir, hooks=[crash_at('reverse')])
   # The interrupt wrote a checkpoint although checkpoint_every=100.
   assert checkpointing.StageCheckpointer(workdir, 'reverse').latest_step() == 2
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(config, workdir, hooks=[crash_at('distill')])
+  assert checkpointing.StageCheckpointer(workdir, 'distill').latest_step() == 2
   resumed = trainer.train(config, workdir)
   for name in ('vae', 'reverse'):
     _leaves_close(full[name], resumed[name], rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(full['distill']),
+                  jax.tree_util.tree_leaves(resumed['distill'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # A third start finds both stages finished and trains nothing.
   calls = []
   trainer.train(config, workdir, hooks=[lambda s, k: calls.append((s, k))])
   assert calls == []
   assert os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+  # The distill stage's teacher is the reverse stage's final EMA parameters.
+  recorded = json.load(open(os.path.join(workdir, 'distill', 'teacher.json'), encoding='utf-8'))
+  assert recorded['teacher']['reverse']['step'] == 4
 
 
 def test_a_signal_is_acted_on_between_steps_and_a_second_one_at_once():

@@ -81,8 +81,9 @@ flags.DEFINE_string('workdir', MAIN_JOB_WORKDIR,
                     'Directory for checkpoints, samples and metrics.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'info', 'eval', 'compare', 'figures'],
                   'What to do; see the examples above.')
-flags.DEFINE_enum('stage', 'all', ['all', 'vae', 'reverse', 'ddpm'],
-                  'Which training stage(s) to run (train mode).')
+flags.DEFINE_enum('stage', 'all', ['all', 'vae', 'reverse', 'ddpm', 'distill'],
+                  'Which training stage(s) to run (train mode). distill: the one-pass student '
+                  '(distill.steps > 0), after a finished reverse (or ddpm) stage.')
 flags.DEFINE_integer('num_samples', 64, 'Number of images to generate (sample mode).')
 flags.DEFINE_string('sample_name', None,
                     'Base name of WORKDIR/samples/<name>.npz/.png (default: from the sampler).')

@@ -21,6 +21,13 @@ def files_written(workdir: str) -> list[str]:
                      ('metrics.jsonl', 'one JSON line per logged step')):
     if os.path.exists(os.path.join(workdir, name)):
       lines.append(f'  {name:<13} {os.path.join(workdir, name)}  ({what})')
+  pairs = os.path.join(workdir, 'distill', 'pairs.json')
+  if os.path.exists(pairs):
+    import json  # pylint: disable=g-import-not-at-top
+    with open(pairs, encoding='utf-8') as f:
+      meta = json.load(f)
+    lines.append(f'  {"distill pairs":<13} {os.path.join(workdir, "distill", "pairs")}  '
+                 f"({meta['num_pairs']} teacher pairs, made in {meta['teacher_seconds']:.0f} s)")
   samples = os.path.join(workdir, 'samples')
   if os.path.isdir(samples):
     pngs = sorted((f for f in os.listdir(samples) if f.endswith('.png')),

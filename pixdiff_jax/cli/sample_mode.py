@@ -67,9 +67,14 @@ def check_time(*, n: int, batches: int, batch: int, seconds_per_batch: float, pr
 
 def _name(config, settings: dict, sample_fn) -> str:
   st = dict(sample_fn.settings, preset=settings['preset'])
-  return FLAGS.sample_name or (
-      f"{st['sampler']}_{st['preset']}_K{st['network_calls']}_eta{st['eta']:g}_{st['update']}"
-      if config.method == 'pixel_aware' else f"{st['sampler']}_S{sample_fn.network_evals}")
+  if config.method == 'pixel_aware':
+    default = (f"{st['sampler']}_{st['preset']}_K{st['network_calls']}_eta{st['eta']:g}_"
+               f"{st['update']}")
+  elif st['distilled']:
+    default = f"distilled_K{st['network_calls']}"
+  else:
+    default = f"{st['sampler']}_S{sample_fn.network_evals}"
+  return FLAGS.sample_name or default
 
 
 def _unpack(steps: dict, workdir: str):
@@ -101,7 +106,8 @@ def _open_store(config, stored, workdir: str, n: int):
   # The command line's sampling section with its preset applied is the whole sampler; passed
   # as 'custom' so that the workdir's stored sampling fields play no part.
   settings = config_lib.sampler_settings(config)
-  fields = ('sampler', 'network_calls', 'eta', 'clip_denoised', 'prior', 'update', 'num_steps')
+  fields = ('sampler', 'network_calls', 'eta', 'clip_denoised', 'prior', 'update', 'num_steps',
+            'distilled')
   sample_fn, variables = sampling.load_sampler(
       workdir, batch_size=batch, use_ema=s.use_ema, preset='custom', check_finite=True,
       **{k: settings[k] for k in fields})

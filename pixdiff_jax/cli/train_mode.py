@@ -61,10 +61,25 @@ def train(config, workdir: str, stage: str = 'all') -> None:
     sys.exit(128 + int(stop.signum))
   except trainer.TrainingDivergedError as err:
     fail(str(err), err)
+  except trainer.MissingStageError as err:
+    fail(err.message(_command_for_stage(err.command_stage)), err)
   except Exception as err:  # pylint: disable=broad-except
     if write_failure_reason(err) is None:
       raise
     raise _with_resume_advice(_first_write_failure(err), workdir, stages) from err
+
+
+def _command_for_stage(stage: str) -> str:
+  """This command line with ``--stage stage`` instead of its own ``--stage``."""
+  args, skip = [], False
+  for arg in sys.argv[1:]:
+    if skip:
+      skip = False
+    elif arg == '--stage':
+      skip = True
+    elif not arg.startswith(('--stage=', '--compilation_cache')):
+      args.append(arg)
+  return ' '.join(['python main.py', *args, '--stage', stage])
 
 
 def _first_write_failure(err: BaseException) -> BaseException:

@@ -4,8 +4,9 @@ workdir's stored ``config.json`` (``files``). Everything public is re-exported h
     from pixdiff_jax import config as config_lib
     config_lib.validate_config(cfg); config_lib.load_config(workdir)
 """
-from pixdiff_jax.config.checks import (LOSS_WEIGHTINGS, METHODS, PRIORS, SAMPLERS,  # noqa: F401
-                                       SAMPLING_PRESETS, SCALE_SOURCES, VAE_LOSS_SPACES,
+from pixdiff_jax.config.checks import (DISTILLED_PRESETS, LOSS_WEIGHTINGS,  # noqa: F401
+                                       METHODS, PRIORS, SAMPLERS, SAMPLING_PRESETS,
+                                       SCALE_SOURCES, VAE_LOSS_SPACES,
                                        architecture_differences, check_compatible,
                                        one_head_baseline_config, sampler_settings,
                                        tuples_from_json, validate_config)

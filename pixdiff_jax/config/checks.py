@@ -25,13 +25,23 @@ SCALE_SOURCES = ('vae', 'vae_at_T', 'true')
 # fresh noise eta=1, no clipping, x_T ~ N(0, I)). 'consistent' starts from the distribution x_T
 # had in training (the VAE's scale prior) and, at each of the config's K network calls, clips
 # the clean-image estimate into [eps, 1] and takes a deterministic DDIM step of the per-pixel
-# schedule (docs/results.md measures both).
+# schedule (docs/results.md measures both). 'distilled' and 'distilled_K2' sample with the
+# distill stage's student (1 or 2 network calls; docs/design.md section 7): pixel-aware, the
+# consistent preset's deterministic steps read from the heads of each call ('x0_steps'); DDPM,
+# the student's clean image from x_T (and once more from the midpoint), see
+# diffusion/students.py.
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     'paper': dict(network_calls=1, eta=1.0, clip_denoised=False, prior='standard',
-                  update='recursion'),
-    'consistent': dict(eta=0.0, clip_denoised=True, prior='scale', update='x0_jump'),
+                  update='recursion', distilled=False),
+    'consistent': dict(eta=0.0, clip_denoised=True, prior='scale', update='x0_jump',
+                       distilled=False),
+    'distilled': dict(distilled=True, network_calls=1, eta=0.0, clip_denoised=True,
+                      prior='scale', update='x0_steps'),
+    'distilled_K2': dict(distilled=True, network_calls=2, eta=0.0, clip_denoised=True,
+                         prior='scale', update='x0_steps'),
     'custom': {},
 }
+DISTILLED_PRESETS = ('distilled', 'distilled_K2')
 
 # Sections whose change makes a stored checkpoint unusable or meaningless.
 _ARCHITECTURE_SECTIONS = ('method', 'vae', 'model', 'diffusion', 'data.image_size',
@@ -102,6 +112,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f'training.batch_size={t.batch_size} is not divisible by the {n_dev} devices in use '
         f'({jax.local_device_count()} local x {jax.process_count()} processes); choose a '
         f'multiple of {n_dev}')
+  _validate_distill(config, n_dev)
   s = config.sampling
   if s.preset not in SAMPLING_PRESETS:
     raise ConfigError(f'sampling.preset must be one of {tuple(SAMPLING_PRESETS)}, '
@@ -111,10 +122,54 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f'{config.method!r}; choose one of {SAMPLERS[config.method]}')
 
 
+def _validate_distill(config: ml_collections.ConfigDict, n_dev: int) -> None:
+  """The ``distill`` section (configs saved before it existed have none: no distill stage)."""
+  dd = config.get('distill')
+  if dd is None:
+    return
+  if not isinstance(dd.steps, int) or dd.steps < 0:
+    raise ConfigError(f'distill.steps must be an int >= 0 (0 = no distill stage), got {dd.steps!r}')
+  if dd.steps == 0:
+    return
+  for field in ('batch_size', 'num_pairs', 'teacher_batch'):
+    if not isinstance(dd[field], int) or dd[field] < 1:
+      raise ConfigError(f'distill.{field} must be an int >= 1, got {dd[field]!r}')
+  if dd.batch_size % n_dev:
+    raise ConfigError(f'distill.batch_size={dd.batch_size} is not divisible by the {n_dev} '
+                      f'devices in use; choose a multiple of {n_dev}')
+  if not dd.lr > 0 or dd.warmup_steps < 0:
+    raise ConfigError(f'distill.lr must be > 0 and distill.warmup_steps >= 0, got {dd.lr!r} and '
+                      f'{dd.warmup_steps!r}')
+  calls = tuple(dd.calls)
+  T = config.diffusion.num_steps
+  allowed = range(1, T + 1) if config.method == 'pixel_aware' else (1, 2)
+  if not calls or any(not isinstance(k, int) or k not in allowed for k in calls):
+    raise ConfigError(f'distill.calls must name network-call counts in '
+                      f'{"1..T=" + str(T) if config.method == "pixel_aware" else "(1, 2)"}, '
+                      f'got {calls!r}')
+  if not dd.final_weight > 0:
+    raise ConfigError(f'distill.final_weight must be > 0, got {dd.final_weight!r}')
+  n = dd.heads_per_example
+  if not isinstance(n, int) or n == 1 or n < 0:
+    raise ConfigError(f'distill.heads_per_example must be 0 (all heads) or an int >= 2, got {n!r}')
+  if config.method == 'pixel_aware' and config.diffusion.target != 'x0':
+    raise ConfigError("the distill stage (distill.steps > 0) needs diffusion.target='x0': the "
+                      "student's heads regress onto the teacher's clean images; got "
+                      f'{config.diffusion.target!r}')
+  if config.method == 'ddpm':
+    if not isinstance(dd.teacher_steps, int) or not 1 <= dd.teacher_steps <= T:
+      raise ConfigError(f'distill.teacher_steps must be an int in 1..diffusion.num_steps={T}, '
+                        f'got {dd.teacher_steps!r}')
+    if not isinstance(dd.mid_step, int) or not 0 <= dd.mid_step < T:
+      raise ConfigError(f'distill.mid_step must be 0 (automatic) or an int in 1..{T - 1}, '
+                        f'got {dd.mid_step!r}')
+
+
 def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str, Any]:
   """Effective sampler settings: config.sampling, then its preset, then ``overrides``."""
   s = config.sampling.to_dict()
   s.setdefault('update', 'recursion')  # configs saved before the field existed
+  s.setdefault('distilled', False)
   preset = overrides.pop('preset', s['preset'])
   if preset not in SAMPLING_PRESETS:
     raise ConfigError(f'sampling preset must be one of {tuple(SAMPLING_PRESETS)}, got {preset!r}')
@@ -133,6 +188,9 @@ def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str
     if not isinstance(k, int) or not 1 <= k <= config.diffusion.num_steps:
       raise ConfigError(f'sampling.network_calls must be an int in 1..diffusion.num_steps='
                         f'{config.diffusion.num_steps}, got {k!r}')
+  elif s['distilled'] and s['network_calls'] not in (1, 2):
+    raise ConfigError(f"the DDPM baseline's distilled student makes 1 or 2 network calls "
+                      f"(sampling.network_calls), got {s['network_calls']!r}")
   if not 0.0 <= float(s['eta']) <= 1.0:
     raise ConfigError(f'sampling.eta must lie in [0, 1], got {s["eta"]!r}')
   return s

@@ -10,6 +10,8 @@ overrides fields; a stored ``config.json`` of an older version gets the fields i
 - ``model``:     the reverse model ``R`` (T-headed U-Net) or the one-head baseline U-Net.
 - ``training``:  steps, batch size, logging/checkpoint cadence, EMA.
 - ``optim``:     optax Adam with warmup and gradient clipping.
+- ``distill``:   the optional third stage: a one-pass student distilled from the trained model's
+                 deterministic sampler (docs/design.md section 7).
 - ``sampling``:  which sampler and its settings (``preset`` picks named bundles).
 - ``eval``:      ``--mode eval`` (sample counts, sampler settings, Frechet metrics).
 """
@@ -30,6 +32,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.model = _model(config.diffusion)
   config.training = _training()
   config.optim = _optim()
+  config.distill = _distill()
   config.sampling = _sampling()
   config.eval = _eval()
   return config
@@ -153,6 +156,37 @@ def _optim() -> ml_collections.ConfigDict:
   return optim
 
 
+def _distill() -> ml_collections.ConfigDict:
+  """``config.distill``: the optional third stage (``steps > 0``).
+
+  A student initialised from the trained model's EMA parameters learns to reproduce, from x_T in
+  one pass, what the model's deterministic sampler makes from that x_T (Luhman & Luhman 2021).
+  Pixel-aware: the teacher is the K=T 'consistent' sampler (x0_jump, eta 0, clip, scale prior);
+  head j of the student regresses onto the teacher's clean-image estimate at step j. DDPM: the
+  teacher is DPM-Solver++(2M) with teacher_steps steps; the one-head student predicts the
+  teacher's final image from x_T (and from the midpoint, for two calls). Pairs (x_T, trajectory)
+  are made once by the jitted teacher and cached in WORKDIR/distill/.
+  """
+  distill = ml_collections.ConfigDict()
+  distill.steps = 0             # optimiser steps of the stage; 0 = no distill stage
+  distill.batch_size = 32       # pairs per step (global, split over devices)
+  distill.lr = 1e-4             # Adam, as optim (b1, b2, eps, grad_clip) otherwise
+  distill.warmup_steps = 0
+  distill.num_pairs = 4096      # pairs the teacher makes (once; a cache in WORKDIR/distill)
+  distill.teacher_batch = 128   # pairs per call of the jitted teacher
+  # Network calls of the student samplers it is trained for: each K adds its call steps as
+  # training inputs (pixel-aware: samplers.block_starts(T, K); DDPM: K in (1, 2)). The presets
+  # 'distilled' and 'distilled_K2' use K = 1 and 2.
+  distill.calls = (1, 2)
+  distill.final_weight = 1.0    # pixel-aware: weight of head 1 (the final image) vs each other
+  # Pixel-aware: heads per example in the loss: 0 = every active head; n >= 2 = head 1 plus
+  # n - 1 random other active heads (unbiased, as diffusion.heads_per_example).
+  distill.heads_per_example = 0
+  distill.teacher_steps = 10    # DDPM: S of the DPM-Solver++(2M) teacher
+  distill.mid_step = 0          # DDPM: step n of the second call; 0 = first n with abar_n <= 0.5
+  return distill
+
+
 def _sampling() -> ml_collections.ConfigDict:
   """``config.sampling``: the sampler and its settings (``preset`` picks named bundles)."""
   sampling = ml_collections.ConfigDict()
@@ -165,11 +199,16 @@ def _sampling() -> ml_collections.ConfigDict:
   sampling.eta = 0.0
   sampling.clip_denoised = True
   sampling.prior = 'scale'      # 'standard' (paper) | 'scale'
-  # 'recursion' (Algorithm 1 per block) | 'x0_jump' (clean-image estimate, then DDIM step)
+  # 'recursion' (Algorithm 1 per block) | 'x0_jump' (clean-image estimate, then DDIM step) |
+  # 'x0_steps' (every step of a block a DDIM step with its own head's clean image: the distilled
+  # student's read; samplers.block_sequential_reverse)
   sampling.update = 'recursion'
   sampling.num_steps = 50       # S for DDIM / DPM-Solver
   sampling.batch_size = 64
   sampling.use_ema = True
+  # Sample with the distill stage's student instead of the trained model (the presets
+  # 'distilled' and 'distilled_K2' set it, with network_calls 1 or 2).
+  sampling.distilled = False
   return sampling
 
 

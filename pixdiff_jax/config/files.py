@@ -8,6 +8,7 @@ import os
 import ml_collections
 
 from pixdiff_jax.config.checks import tuples_from_json
+from pixdiff_jax.config.defaults import get_default_config
 from pixdiff_jax.errors import ConfigError, InputError, NotFoundError, writing
 
 
@@ -35,7 +36,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
       raise InputError(f'{path} is not a readable config ({err}); restore it, or give the config '
                        'it was trained with as --config') from err
-  return ml_collections.ConfigDict(tuples_from_json(stored))
+  config = ml_collections.ConfigDict(tuples_from_json(stored))
+  if 'distill' not in config:  # trained before the distill stage existed: none (steps = 0)
+    config.distill = get_default_config().distill
+  return config
 
 
 def load_config_module(path: str):

@@ -47,8 +47,8 @@ EPS = 4e-3  # images x0 lie in [EPS, 1] (docs/design.md section 1)
 
 ModelFn = Callable[[Array, Array, Array], Array]
 HeadFn = Callable[[Array, Array, Array], Array]
-Update = Literal['recursion', 'x0_jump']
-UPDATES = ('recursion', 'x0_jump')            # block_sequential_reverse(update=...)
+Update = Literal['recursion', 'x0_jump', 'x0_steps']
+UPDATES = ('recursion', 'x0_jump', 'x0_steps')  # block_sequential_reverse(update=...)
 
 
 def _pixel_step(x: Array, z: Array, n: Array | None, j: Array, *, x_delta: Array,
@@ -199,7 +199,8 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
                              eta: float | ArrayLike = 1.0, clip_denoised: bool = False,
                              eps: float = EPS, start_step: int | ArrayLike | None = None,
                              update: Update = 'recursion', target: Target = 'cumulative',
-                             head_fn: HeadFn | None = None) -> Float[Array, '*shape']:
+                             head_fn: HeadFn | None = None, return_trajectory: bool = False
+                             ) -> Float[Array, '*shape'] | tuple[Array, dict[str, Array]]:
   """Block-sequential sampling: re-evaluate the T-head model at K evenly spaced steps.
 
   Block ``k`` evaluates ``Z = model_fn(x_{t_k}, x_delta_hat, t_k)`` once and runs the
@@ -227,12 +228,20 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
       image from its call at ``t_k`` (``_x0_estimate`` with ``target``), clips it into
       ``[eps, 1]`` if ``clip_denoised``, and moves to ``t_{k+1}`` with the DDIM update of the
       per-pixel schedule (``_x0_jump``; ``eta = 1`` with ``K = T`` is ancestral sampling).
+      ``'x0_steps'``: every step ``j`` of a block reads head ``j`` of the block's call as the
+      clean-image estimate (clipped if ``clip_denoised``) and takes that DDIM step ``j -> j-1``;
+      with ``K = T`` it equals ``'x0_jump'``, with ``K = 1`` it runs the whole deterministic
+      ``x0_jump`` recursion of the K = T sampler on the heads of ONE pass (the distilled
+      student's read, docs/design.md section 7); the last step returns head 1's estimate.
     head_fn: optional ``head_fn(x_j, x_delta_hat, j) -> Z^jc`` of shape ``S``: the ONE head
       ``jc = clip(j, 1, T)`` of the same model called at step ``j`` (equal to
       ``model_fn(x_j, x_delta_hat, j)[jc - 1]``), evaluated without the other heads. Used
       instead of ``model_fn`` when every call reads only that head: ``update='x0_jump'`` with a
       target other than ``'increment'``, or one step per block (K equal to the start step).
       The paper's K=1 recursion reads all T heads and always calls ``model_fn``.
+    return_trajectory: with ``update='x0_jump'``, also return ``{'x': [K, *S] the state at the
+      start of each block (``x_{t_k}``, index 0 is ``x_T``), 'x0': [K, *S] the clean-image
+      estimate each block's call made (after clipping)}`` (the distill stage's targets).
     target: what the heads predict (``config.diffusion.target``): ``'cumulative'`` and
       ``'increment'`` are read as above; ``'v'`` heads are turned into
       ``eps_tilde_j = sqrt(1 - abar_j) x_j + sqrt(abar_j) v_j`` for the recursion, and give
@@ -240,7 +249,7 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
       clean image itself) are turned into ``eps_tilde_j = (x_j - sqrt(abar_j) x0_j) /
       sqrt(1 - abar_j)`` for the recursion and are the clean-image estimate of ``'x0_jump'``.
   Returns:
-    ``x0_hat`` of shape ``S`` (float32).
+    ``x0_hat`` of shape ``S`` (float32); with ``return_trajectory``, ``(x0_hat, trajectory)``.
   """
   schedules.check_pixel_aware_args(num_steps=num_steps)
   x = float_array('x_T', x_T)
@@ -272,18 +281,21 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     raise ValueError(f'update must be one of {UPDATES}, got {update!r}')
   if target not in TARGETS:
     raise ValueError(f'target must be one of {TARGETS}, got {target!r}')
+  if return_trajectory and update != 'x0_jump':
+    raise ValueError(f"return_trajectory needs update='x0_jump', got {update!r}")
   reads_one_head = (update == 'x0_jump' and target != 'increment') or length == 1
   return _block_sequential_jit(model_fn, x.astype(dtype), x_delta_hat, rng,
                                jnp.asarray(eta, dtype), his, los, length=length,
                                num_steps=num_steps, clip_denoised=bool(clip_denoised),
                                eps=float(eps), update=update, target=target,
-                               head_fn=head_fn if reads_one_head else None)
+                               head_fn=head_fn if reads_one_head else None,
+                               trajectory=bool(return_trajectory))
 
 
 @functools.partial(jax.jit, static_argnames=('model_fn', 'length', 'num_steps', 'clip_denoised',
-                                             'eps', 'update', 'target', 'head_fn'))
+                                             'eps', 'update', 'target', 'head_fn', 'trajectory'))
 def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, length, num_steps,
-                          clip_denoised, eps, update, target, head_fn):
+                          clip_denoised, eps, update, target, head_fn, trajectory=False):
   """The validated core of :func:`block_sequential_reverse` (jitted, keyed on ``model_fn``)."""
   shape, dtype = x.shape, x.dtype
   x_delta = clamp_scale(jnp.broadcast_to(x_delta_hat.astype(dtype), shape))
@@ -315,13 +327,34 @@ def _block_sequential_jit(model_fn, x, x_delta_hat, rng, eta, his, los, *, lengt
       n = None if noise_at is None else noise_at(hi_safe)
       x_lo = _x0_jump(x, x0, hi_safe, jnp.minimum(lo, hi_safe), n, x_delta=x_delta,
                       num_steps=num_steps, eta=eta)
-      return jnp.where(hi > lo, x_lo, x), None
+      return jnp.where(hi > lo, x_lo, x), ({'x': x, 'x0': x0} if trajectory else None)
+    if update == 'x0_steps':
+      return _x0_steps(x, head, z_at, hi, lo, noise_at, length=length, x_delta=x_delta,
+                       num_steps=num_steps, eta=eta, clip_denoised=clip_denoised, eps=eps,
+                       target=target), None
     x = _run_steps(x, z_at=z_at, noise_at=noise_at, hi=hi, lo=lo, i=None, length=length,
                    x_delta=x_delta, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
                    eps=eps)
     return x, None
 
-  x, _ = jax.lax.scan(block, x, (his, los))
+  x, traj = jax.lax.scan(block, x, (his, los))
+  return (x, traj) if trajectory else x
+
+
+def _x0_steps(x, head, z_at, hi, lo, noise_at, *, length, x_delta, num_steps, eta,
+              clip_denoised, eps, target):
+  """Steps ``j = hi..lo+1`` of one block, each a DDIM step with head ``j``'s clean image."""
+
+  def body(x, k):
+    j = jnp.maximum(hi - k, 1)  # iterations with hi - k <= lo leave x unchanged
+    x0 = _x0_estimate(x, head, z_at, j, x_delta=x_delta, num_steps=num_steps, target=target)
+    if clip_denoised:
+      x0 = jnp.clip(x0, eps, 1.0)
+    n = None if noise_at is None else noise_at(j)
+    x_new = _x0_jump(x, x0, j, j - 1, n, x_delta=x_delta, num_steps=num_steps, eta=eta)
+    return jnp.where(hi - k > lo, x_new, x), None
+
+  x, _ = jax.lax.scan(body, x, jnp.arange(length, dtype=jnp.int32))
   return x
 
 

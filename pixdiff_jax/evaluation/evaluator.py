@@ -28,6 +28,9 @@ Setting names (``parse_setting``):
   an image, no reverse model).
 * DDPM baseline: ``ddpm`` (ancestral, T steps); ``ddim_<S>`` (eta = 0); ``dpm_solver_<S>``
   (DPM-Solver++(2M)); all with the workdir's ``sampling.clip_denoised``.
+* both: ``distilled`` and ``distilled_K2``, the distill stage's student with 1 or 2 network
+  calls (the presets of the same names); the default list adds them when the workdir has a
+  checkpoint of the distill stage.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ DEFAULT_SETTINGS = {
     'ddpm': ('ddpm', 'ddim_10', 'ddim_20', 'ddim_50', 'ddim_100', 'dpm_solver_10',
              'dpm_solver_20'),
 }
+DISTILLED_SETTINGS = ('distilled', 'distilled_K2')
 RESULT_COLUMNS = ('setting', 'sampler', 'num_samples', 'params', 'network_evals',
                   'seconds_per_image', 'fd_efflite0', 'fd_efflite0_floor', 'fid', 'fid_floor')
 EVAL_DIR = 'eval'
@@ -77,6 +81,13 @@ def parse_setting(name: str, config: ml_collections.ConfigDict) -> Setting:
   """``Setting`` for a name of the module docstring, checked against the workdir's config."""
   T = config.diffusion.num_steps
   name = name.strip()
+  if name in DISTILLED_SETTINGS:
+    k = 1 if name == 'distilled' else 2
+    how = ('the K=T consistent sampler read from the heads of each call (x0_steps)'
+           if config.method == 'pixel_aware' else 'clean image from x_T'
+           + (', then from the midpoint' if k == 2 else ''))
+    return Setting(name, f'distilled student, {k} call{"s" * (k > 1)} ({how})',
+                   dict(preset=name))
   if config.method == 'pixel_aware':
     if name == 'paper':
       return Setting(name, 'paper preset (Algorithm 1: K=1, eta=1, no clip, x_T ~ N(0, I))',
@@ -111,14 +122,17 @@ def parse_setting(name: str, config: ml_collections.ConfigDict) -> Setting:
                                        **extra))
   known = ('paper, consistent, x0_jump_K<k>[_eta<e>], x0_jump_KT[_eta<e>], vae_prior'
            if config.method == 'pixel_aware' else 'ddpm, ddim_<S>, dpm_solver_<S>')
+  known += ', distilled, distilled_K2'
   raise EvalError(f'unknown eval setting {name!r} for method={config.method!r} '
                   f'(config.eval.samplers); known: {known}')
 
 
-def settings_for(config: ml_collections.ConfigDict, ev: ml_collections.ConfigDict
-                 ) -> list[Setting]:
+def settings_for(config: ml_collections.ConfigDict, ev: ml_collections.ConfigDict, *,
+                 distilled: bool = False) -> list[Setting]:
+  """The settings of ``eval.samplers``, or the method's defaults (plus the distilled ones when
+  ``distilled``: the workdir has a distill stage)."""
   names = [n for n in str(ev.samplers).split(',') if n.strip()] or list(
-      DEFAULT_SETTINGS[config.method])
+      DEFAULT_SETTINGS[config.method]) + (list(DISTILLED_SETTINGS) if distilled else [])
   settings = [parse_setting(n, config) for n in names]
   if len({s.name for s in settings}) != len(settings):
     raise EvalError(f'config.eval.samplers names a setting twice: {names}')
@@ -279,12 +293,13 @@ def evaluate(workdir: str, ev: ml_collections.ConfigDict, *, extractors=None,
   from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(workdir)
+  has_stage = lambda stage: os.path.isdir(os.path.join(workdir, 'checkpoints', stage)) and any(
+      n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints', stage)))
   for stage in checkpointing.stages_for(config):
-    if not os.path.isdir(os.path.join(workdir, 'checkpoints', stage)) or not os.listdir(
-        os.path.join(workdir, 'checkpoints', stage)):
+    if stage != 'distill' and not has_stage(stage):
       raise EvalError(f'{workdir} has no checkpoint of stage {stage!r}: train it first '
                       f'(python main.py --config ... --workdir {workdir})')
-  settings = settings_for(config, ev)
+  settings = settings_for(config, ev, distilled=has_stage('distill'))
   counts = sample_counts(ev, [s.name for s in settings])
   check_inception_weights(ev)
   if int(ev.timing_batches) < 1 or int(ev.batch_size) < 1:

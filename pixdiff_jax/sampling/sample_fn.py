@@ -16,6 +16,12 @@ Pixel-aware generation (the sampler ``'parallel'``):
    each followed by the element-wise recursion (``update='recursion'``) or by a clean-image
    estimate and one DDIM step to the next call (``update='x0_jump'``), see
    ``samplers.block_sequential_reverse``.
+
+The presets ``distilled`` and ``distilled_K2`` (``sampling.distilled=True``) sample with the
+distill stage's student (docs/design.md section 7): the same ``variables`` keys, with the
+student's parameters in place of the trained model's (``load_sampler`` restores the ``distill``
+stage for them). Pixel-aware: ``update='x0_steps'`` with K = 1 or 2; DDPM: 1 or 2 calls of the
+student (``diffusion/students.py``).
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from pixdiff_jax import config as config_lib, data, models
-from pixdiff_jax.diffusion import parametrisation, samplers, schedules
+from pixdiff_jax.diffusion import parametrisation, samplers, schedules, students
 from pixdiff_jax.errors import ConfigError
 from pixdiff_jax.training import checkpointing
 
@@ -87,7 +93,7 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
         err.throw()  # JaxRuntimeError naming how many values are not finite
 
     **overrides: any ``config.sampling`` field (``preset``, ``network_calls``, ``eta``,
-      ``clip_denoised``, ``prior``, ``update``, ``num_steps``).
+      ``clip_denoised``, ``prior``, ``update``, ``num_steps``, ``distilled``).
   The static number of network evaluations is ``sample_fn.network_evals``.
 
   ``variables`` whose arrays do not have the shapes of the networks this config builds (e.g.
@@ -102,7 +108,9 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
     raise ConfigError(f'sampler {s["sampler"]!r} is not available for method={config.method!r}; '
                       f'choose one of {config_lib.SAMPLERS[config.method]}')
   shape = _image_shape(config, batch_size)
-  if config.method == 'ddpm':
+  if config.method == 'ddpm' and s['distilled']:
+    fn, evals = _ddpm_student_sample_fn(config, shape, s)
+  elif config.method == 'ddpm':
     fn, evals = _ddpm_family_sample_fn(config, shape, s)
   else:
     fn, evals = _pixel_aware_sample_fn(config, shape, s, all_heads=all_heads)
@@ -132,40 +140,64 @@ def _checkified(sample_fn: SampleFn):
   return checkify.checkify(checked)
 
 
-def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
+def draw_start(config: ml_collections.ConfigDict, vae, vae_params: PyTree, rng: jax.Array,
+               batch_size: int, *, prior: str = 'scale'
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(x_T, x_delta_hat, k_loop)``: how pixel-aware generation draws its start from ``rng``.
+
+  ``k_prior, k_xt, k_loop = split(rng, 3)``. ``prior='standard'`` (paper): ``x_T ~ N(0, I)``
+  (``k_prior``) and ``x_delta_hat = G(x_T, T)``; ``'scale'``: ``x_delta_hat = G.decode(z, T)``,
+  ``z ~ N(0, I)`` (``k_prior``), then ``x_T`` from the exact marginal of eq. 9 at ``i = T``
+  (noise ``k_xt``). ``k_loop`` is the reverse loop's key. The distill stage's teacher draws its
+  ``x_T`` with this function, so its pairs start where generation starts. Shapes ``[B, H, W, C]``.
+  """
   d = config.diffusion
   T, gamma = d.num_steps, d.gamma
+  shape = _image_shape(config, batch_size)
+  k_prior, k_xt, k_loop = jax.random.split(rng, 3)
+  steps_T = jnp.full((shape[0],), T, jnp.int32)
+  if prior == 'standard':
+    x_T = jax.random.normal(k_prior, shape, jnp.float32)
+    x_delta_hat = models.vae_estimate_scale(vae, vae_params, x_T, steps_T)
+  else:
+    x_delta_hat = models.vae_decode_prior(vae, vae_params, k_prior, shape[0], num_steps=T)
+    noise = jax.random.normal(k_xt, shape, jnp.float32)
+    ab = schedules.alpha_bar(x_delta_hat, T, T)
+    x0_scale = schedules.x0_from_scale(x_delta_hat, gamma)
+    x_T = jnp.sqrt(ab) * x0_scale + jnp.sqrt(
+        schedules.one_minus_alpha_bar(x_delta_hat, T, T)) * noise
+  return x_T, x_delta_hat, k_loop
+
+
+def reverse_model_fns(net, params: PyTree, batch_size: int, num_steps: int):
+  """``(model_fn, head_fn)`` of ``samplers.block_sequential_reverse`` for the reverse model
+  with ``params``: all T heads ``[T, B, H, W, C]``, or the one head ``clip(j, 1, T)``."""
+
+  def model_fn(x_j, xd, j):
+    steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (batch_size,))
+    z = net.apply({'params': params}, x_j, xd, steps, train=False)
+    return parametrisation.heads_first(z)
+
+  def head_fn(x_j, xd, j):  # head clip(j, 1, T) only (heads on demand)
+    steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (batch_size,))
+    head = jnp.clip(jnp.asarray(j, jnp.int32), 1, num_steps)[None]
+    return net.apply({'params': params}, x_j, xd, steps, train=False, heads=head)[:, 0]
+
+  return model_fn, head_fn
+
+
+def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
+  d = config.diffusion
+  T = d.num_steps
   vae = models.build_vae(config)
   net = models.build_reverse_model(config)
   K = s['network_calls']
 
   def sample_fn(variables: PyTree, rng: jax.Array) -> jax.Array:
     _check_variables(variables, {'vae': vae, 'reverse': net}, config)
-    k_prior, k_xt, k_loop = jax.random.split(rng, 3)
-    steps_T = jnp.full((shape[0],), T, jnp.int32)
-    if s['prior'] == 'standard':
-      x_T = jax.random.normal(k_prior, shape, jnp.float32)
-      x_delta_hat = models.vae_estimate_scale(vae, variables['vae'], x_T, steps_T)
-    else:
-      x_delta_hat = models.vae_decode_prior(vae, variables['vae'], k_prior, shape[0],
-                                            num_steps=T)
-      noise = jax.random.normal(k_xt, shape, jnp.float32)
-      ab = schedules.alpha_bar(x_delta_hat, T, T)
-      x0_scale = schedules.x0_from_scale(x_delta_hat, gamma)
-      x_T = jnp.sqrt(ab) * x0_scale + jnp.sqrt(
-          schedules.one_minus_alpha_bar(x_delta_hat, T, T)) * noise
-
-    def model_fn(x_j, xd, j):
-      steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (shape[0],))
-      z = net.apply({'params': variables['reverse']}, x_j, xd, steps, train=False)
-      return parametrisation.heads_first(z)
-
-    def head_fn(x_j, xd, j):  # head clip(j, 1, T) only (heads on demand)
-      steps = jnp.broadcast_to(jnp.asarray(j, jnp.int32), (shape[0],))
-      head = jnp.clip(jnp.asarray(j, jnp.int32), 1, T)[None]
-      return net.apply({'params': variables['reverse']}, x_j, xd, steps, train=False,
-                       heads=head)[:, 0]
-
+    x_T, x_delta_hat, k_loop = draw_start(config, vae, variables['vae'], rng, shape[0],
+                                          prior=s['prior'])
+    model_fn, head_fn = reverse_model_fns(net, variables['reverse'], shape[0], T)
     x0 = samplers.block_sequential_reverse(
         model_fn, x_T, x_delta_hat, k_loop, num_steps=T, network_calls=K, eta=s['eta'],
         clip_denoised=s['clip_denoised'], eps=d.eps, update=s['update'], target=d.target,
@@ -173,6 +205,28 @@ def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
     return to_unit_interval(x0, config)
 
   return sample_fn, K
+
+
+def _ddpm_student_sample_fn(config, shape, s):
+  """The DDPM baseline's distilled student, 1 or 2 calls (``diffusion/students.py``)."""
+  net = models.build_reverse_model(config)
+  alphas_cumprod = models.ddpm_alphas_cumprod(config)
+  middle = students.mid_step(alphas_cumprod, int(config.distill.mid_step))
+
+  def sample_fn(variables: PyTree, rng: jax.Array) -> jax.Array:
+    _check_variables(variables, {'model': net}, config)
+
+    def x0_fn(x, n):
+      steps = jnp.full((shape[0],), n, jnp.int32)
+      return net.apply({'params': variables['model']}, x, steps, train=False)
+
+    x0 = students.student_sample(x0_fn, students.draw_x_T(rng, shape),
+                                 alphas_cumprod=alphas_cumprod,
+                                 network_calls=s['network_calls'], middle=middle,
+                                 clip_denoised=s['clip_denoised'])
+    return to_unit_interval(x0, config)
+
+  return sample_fn, s['network_calls']
 
 
 def _ddpm_family_sample_fn(config, shape, s):
@@ -243,9 +297,34 @@ def load_sampler(workdir: str, *, batch_size: int | None = None, use_ema: bool |
   batch_size = batch_size or config.sampling.batch_size
   use_ema = config.sampling.use_ema if use_ema is None else use_ema
   sample_fn = get_sample_fn(config, batch_size=batch_size, **overrides)
+  distilled = sample_fn.settings['distilled']
+  if distilled:
+    check_distill_stage(config, workdir)
   variables, steps = {}, {}
-  for stage in checkpointing.stages_for(config):
-    params, steps[stage] = checkpointing.load_stage(config, workdir, stage, use_ema=use_ema)
-    variables['model' if stage == 'ddpm' else stage] = params
+  for key, stage in network_stages(config, distilled=distilled).items():
+    variables[key], steps[stage] = checkpointing.load_stage(config, workdir, stage,
+                                                            use_ema=use_ema)
   sample_fn.checkpoint_steps = steps
   return sample_fn, variables
+
+
+def network_stages(config: ml_collections.ConfigDict, *, distilled: bool = False
+                   ) -> dict[str, str]:
+  """``{variables key: training stage}`` a sampler restores: pixel-aware ``{'vae': 'vae',
+  'reverse': 'reverse' or 'distill'}``, DDPM ``{'model': 'ddpm' or 'distill'}``."""
+  if config.method == 'ddpm':
+    return {'model': 'distill' if distilled else 'ddpm'}
+  return {'vae': 'vae', 'reverse': 'distill' if distilled else 'reverse'}
+
+
+def check_distill_stage(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A ``FileNotFoundError`` naming the command that trains it unless ``workdir`` has a
+  checkpoint of the distill stage."""
+  stage_dir = checkpointing.stage_dir(workdir, 'distill')
+  if 'distill' in checkpointing.stages_for(config) and os.path.isdir(stage_dir) and any(
+      name.isdigit() for name in os.listdir(stage_dir)):
+    return
+  steps = '' if 'distill' in checkpointing.stages_for(config) else ' --config.distill.steps=N'
+  raise FileNotFoundError(
+      f'the distilled presets need the distill stage, and {workdir} has no checkpoint of it; '
+      f'train it with `python main.py --workdir {workdir} --stage distill{steps}`')

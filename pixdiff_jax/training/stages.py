@@ -27,12 +27,22 @@ STAGE_KEYS: dict[tuple[str, str], int] = {
     ('pixel_aware', 'vae'): 316,      # sum(map(ord, 'vae'))
     ('pixel_aware', 'reverse'): 764,  # sum(map(ord, 'reverse'))
     ('ddpm', 'ddpm'): 421,            # sum(map(ord, 'ddpm'))
+    ('pixel_aware', 'distill'): 1001,
+    ('ddpm', 'distill'): 1002,
 }
+# The stage whose trained model a stage distils (its teacher).
+TEACHER_STAGE = {'pixel_aware': 'reverse', 'ddpm': 'ddpm'}
+
+
+def has_distill_stage(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config trains the distill stage (``distill.steps > 0``)."""
+  return 'distill' in config and int(config.distill.get('steps', 0)) > 0
 
 
 def stages_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Training stages of the config's method, in order."""
-  return ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
+  """Training stages of the config's method, in order (``distill`` last, if it is on)."""
+  stages = ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
+  return stages + ('distill',) if has_distill_stage(config) else stages
 
 
 def stage_key(config: ml_collections.ConfigDict, name: str) -> jax.Array:
@@ -65,6 +75,17 @@ class Stage:
   lr_field: str = 'optim.lr'
 
 
+def teacher_sampler(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``get_sample_fn`` overrides for a snapshot of the trained model (not its student): the
+  config's sampler, or, where its preset is a distilled one, the teacher's ('consistent')."""
+  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  if config.sampling.preset not in config_lib.DISTILLED_PRESETS:
+    return {}
+  if config.method == 'ddpm':
+    return {'preset': 'custom', 'distilled': False}
+  return {'preset': 'consistent', 'network_calls': int(config.diffusion.num_steps)}
+
+
 def build_stage(config: ml_collections.ConfigDict, name: str, *,
                 vae_params: PyTree = None) -> Stage:
   """Builds stage ``name`` ('vae', 'reverse' or 'ddpm') from the config."""
@@ -85,7 +106,7 @@ def build_stage(config: ml_collections.ConfigDict, name: str, *,
     vae = models.build_vae(config)
     net = models.build_reverse_model(config)
     loss = losses.get_reverse_loss_fn(config, net, vae)
-    sample = sampling.get_sample_fn(config, batch_size=16)
+    sample = sampling.get_sample_fn(config, batch_size=16, **teacher_sampler(config))
     return Stage(name, config.training.reverse_steps,
                  init_params=lambda k: models.init_params(net, config, k),
                  loss_fn=lambda p, x, r, aux: loss(p, x, r, vae_params=aux, train=True),
@@ -94,7 +115,7 @@ def build_stage(config: ml_collections.ConfigDict, name: str, *,
   if name == 'ddpm':
     net = models.build_reverse_model(config)
     loss = losses.get_ddpm_loss_fn(config, net)
-    sample = sampling.get_sample_fn(config, batch_size=16)
+    sample = sampling.get_sample_fn(config, batch_size=16, **teacher_sampler(config))
     return Stage(name, config.training.reverse_steps,
                  init_params=lambda k: models.init_params(net, config, k),
                  loss_fn=lambda p, x, r, aux: loss(p, x, r, train=True),

@@ -11,7 +11,8 @@ Design (docs/design.md section 6). The pieces live beside this module and are re
   metrics, checkpoints, snapshots, the interrupt checkpoint.
 
 :func:`train` runs the stages of a config in order, feeding each the frozen networks of the
-stages before it.
+stages before it: the reverse stage gets the VAE, the distill stage (``training/distill.py``)
+its teacher, the trained model of the stage before it.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ import ml_collections
 from absl import logging
 
 from pixdiff_jax import config as config_lib, data, models
-from pixdiff_jax.errors import ConfigError
-from pixdiff_jax.training import checkpointing
+from pixdiff_jax.errors import ConfigError, UserError
+from pixdiff_jax.training import checkpointing, distill
 from pixdiff_jax.training.loop import (Hook, StageRun, TrainingDivergedError,  # noqa: F401
                                        TrainingInterrupted, _Interrupt, train_stage)
-from pixdiff_jax.training.stages import Stage, build_stage, stage_key, stages_for  # noqa: F401
+from pixdiff_jax.training.stages import (TEACHER_STAGE, Stage, build_stage,  # noqa: F401
+                                         stage_key, stages_for)
 from pixdiff_jax.training.steps import (AXIS, get_p_train_step, get_train_step,  # noqa: F401
                                         replicate_for_step)
 from pixdiff_jax.utils import distributed, metric_writer
@@ -35,19 +37,93 @@ from pixdiff_jax.utils import distributed, metric_writer
 PyTree = object
 
 
+class MissingStageError(UserError, ValueError):
+  """A stage needs a finished earlier stage that the workdir lacks (``stage`` names it;
+  ``command_stage`` is the ``--stage`` that trains what is missing)."""
+
+  def __init__(self, needed_by: str, stage: str, workdir: str, why: str, *,
+               command_stage: str | None = None):
+    self.needed_by, self.stage, self.workdir, self.why = needed_by, stage, workdir, why
+    self.command_stage = command_stage or stage
+    super().__init__(self.message(
+        f'python main.py --workdir {workdir} --stage {self.command_stage}'))
+
+  def message(self, command: str) -> str:
+    """The one-line message, naming ``command`` as the one that trains the missing stage."""
+    return (f'stage {self.needed_by!r} needs the finished stage {self.stage!r}, and '
+            f'{self.why}; train it first: {command}')
+
+
+def _stage_steps(config, name: str) -> int:
+  t = config.training
+  return int({'vae': t.vae_steps, 'distill': config.distill.steps}.get(name, t.reverse_steps))
+
+
+def _check_teacher_finished(config, workdir: str, wanted: tuple[str, ...]) -> None:
+  """Before anything runs: the stages the distill stage distils must be finished, or be
+  trained by this run before it. The message names the teacher stage (or the first stage that
+  stops short) and the command that trains what is missing (``--stage all`` when several)."""
+  if 'distill' not in wanted:
+    return
+  needed = ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
+  missing = []
+  for name in needed:
+    if name in wanted:
+      continue
+    directory = checkpointing.stage_dir(workdir, name)
+    steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
+        directory) else []
+    if not steps:
+      missing.append((name, f'{workdir} has no checkpoint of it'))
+    elif steps[-1] < _stage_steps(config, name):
+      missing.append((name, f'it stopped at step {steps[-1]} of {_stage_steps(config, name)}'))
+  if missing:
+    name, why = missing[-1] if missing[-1][0] == needed[-1] else missing[0]
+    raise MissingStageError('distill', name, workdir, why,
+                            command_stage=name if len(missing) == 1 else 'all')
+
+
+def _distill_stage(config, workdir: str, results: dict, steps: dict) -> Stage:
+  """The distill stage with its teacher: the EMA parameters this run trained, or the
+  checkpoints'; refuses a teacher other than the one a started distill stage recorded."""
+  needed = ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
+  params = {}
+  for name in needed:
+    if name in results:
+      params[name] = results[name]
+    else:
+      params[name], steps[name] = checkpointing.load_stage(config, workdir, name)
+      if steps[name] < _stage_steps(config, name):  # newer steps were unreadable
+        raise MissingStageError('distill', name, workdir,
+                                f'its newest readable checkpoint is step {steps[name]} of '
+                                f'{_stage_steps(config, name)}')
+  identity = distill.teacher_identity(config, params, steps)
+  distill.check_teacher(config, workdir, identity)
+  return distill.build_distill_stage(config, workdir, distill.teacher_variables(config, params),
+                                     identity)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[str] | None = None,
           hooks: Sequence[Hook] = ()) -> dict[str, PyTree]:
   """Runs every stage of ``config`` (or just ``stages``) in ``workdir``; resumes if possible.
 
   Returns the final EMA parameters of each stage that was run, keyed by stage name.
+
+  Raises:
+    MissingStageError: the distill stage's teacher stage is not finished (before anything runs).
+    distill.TeacherChangedError: the distill stage was started with another teacher.
   """
   config_lib.validate_config(config)
   models.validate_config(config)
   wanted = tuple(stages) if stages else stages_for(config)
   for name in wanted:
+    if name == 'distill' and name not in stages_for(config) and 'distill' in config:
+      raise ConfigError('stage distill is off in this config (distill.steps = 0): set '
+                        '--config.distill.steps=N (docs/design.md section 7)')
     if name not in stages_for(config):
       raise ConfigError(f'stage {name!r} does not exist for method={config.method!r}; '
-                       f'stages: {stages_for(config)}')
+                        f'stages: {stages_for(config)}')
+  _check_teacher_finished(config, workdir, wanted)
   stored_path = config_lib.config_path(workdir)
   if os.path.exists(stored_path):  # every process reads it; an incompatible one ends them all
     stored = config_lib.load_config(workdir)
@@ -64,17 +140,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stages: Iterable[s
   if jax.process_index() == 0:  # the others would race its write
     config_lib.save_config(config, workdir)
   writer = metric_writer.MetricWriter(workdir)
-  results = {}
+  results, steps = {}, {}
   try:
     for name in wanted:
-      vae_params = None
-      if name == 'reverse':
-        vae_params = results.get('vae')
-        if vae_params is None:
-          vae_params = checkpointing.load_stage_params(config, workdir, 'vae')
-      state = train_stage(config, workdir, build_stage(config, name, vae_params=vae_params),
-                          writer=writer, hooks=hooks, source=source)
-      results[name] = state.ema_params
+      if name == 'distill':
+        stage = _distill_stage(config, workdir, results, steps)
+      else:
+        vae_params = None
+        if name == 'reverse':
+          vae_params = results.get('vae')
+          if vae_params is None:
+            vae_params = checkpointing.load_stage_params(config, workdir, 'vae')
+        stage = build_stage(config, name, vae_params=vae_params)
+      state = train_stage(config, workdir, stage, writer=writer, hooks=hooks, source=source)
+      results[name], steps[name] = state.ema_params, int(state.step)
   finally:
     writer.close()
   return results
