@@ -254,7 +254,7 @@ class PairCache:
       pairs = self.load(identity)
       if pairs is None:
         raise NotFoundError(f'the distill pairs in {self.directory} could not be read back '
-                                '(is the workdir shared by every process?)')
+                            '(is the workdir shared by every process?)')
     return pairs
 
 
