@@ -22,7 +22,7 @@ import numpy as np
 
 import fmnist_classifier
 from pixdiff_jax import config as config_lib, data, models, sampling
-from pixdiff_jax.training import checkpointing
+from pixdiff_jax.storage import checkpointing
 from pixdiff_jax.utils import image_grid
 
 def _custom(K, eta, clip, update='recursion', prior='scale'):

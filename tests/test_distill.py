@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from pixdiff_jax import config as config_lib, evaluation, models, sampling
-from pixdiff_jax.diffusion import samplers, students
+from pixdiff_jax.diffusion import samplers, schedules, students
 from pixdiff_jax.training import distill, distill_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +86,7 @@ def test_pixel_aware_loss_equals_a_hand_computed_reference():
 
 def test_ddpm_loss_equals_a_hand_computed_reference():
   config = _config('ddpm')
-  ac = models.ddpm_alphas_cumprod(config)
+  ac = schedules.ddpm_alphas_cumprod(config)
   m = distill_loss.call_steps(config)[1]
   assert ac[m - 1] <= 0.5 < ac[m - 2]  # the automatic middle step
   rs = np.random.RandomState(1)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from cli_testutil import ROOT, error_lines, main_cmd, main_env, run_main
 from pixdiff_jax import config as config_lib, data, sampling
-from pixdiff_jax.training import checkpointing
+from pixdiff_jax.storage import checkpointing
 from pixdiff_jax.training.state import create_train_state, make_optimizer
 
 
@@ -95,8 +95,8 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_package_import_graph_has_no_cycle():
   graph = _import_graph()
-  assert 'pixdiff_jax.training.checkpointing' in graph['pixdiff_jax.sampling.sample_fn']
-  assert 'pixdiff_jax.training.checkpointing' in graph['pixdiff_jax.training.trainer']
+  assert 'pixdiff_jax.storage.checkpointing' in graph['pixdiff_jax.sampling.sample_fn']
+  assert 'pixdiff_jax.storage.checkpointing' in graph['pixdiff_jax.training.trainer']
   assert 'pixdiff_jax.training.trainer' not in graph['pixdiff_jax.sampling.sample_fn']
   assert _find_cycle(graph) is None, _find_cycle(graph)
   run = subprocess.run(['python', '-c', 'import pixdiff_jax.sampling, pixdiff_jax.training.trainer'],

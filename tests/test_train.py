@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from pixdiff_jax import config as config_lib
-from pixdiff_jax.training import checkpointing, trainer
+from pixdiff_jax.storage import checkpointing
+from pixdiff_jax.training import trainer
 from pixdiff_jax.training.state import create_train_state, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,8 @@ def test_every_user_mistake_class_is_a_user_error_and_keeps_its_old_base():
   from pixdiff_jax import data, evaluation, metrics
   from pixdiff_jax.cli.errors import UsageError
   from pixdiff_jax.data import celeba_images, cifar10_archive
-  from pixdiff_jax.training import checkpointing, trainer
+  from pixdiff_jax.storage import checkpointing
+  from pixdiff_jax.training import trainer
   from pixdiff_jax.utils import distributed
   # pylint: enable=g-import-not-at-top
   old_bases = {

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from cli_testutil import ROOT, error_lines, main_env, run_main
-from pixdiff_jax.utils import workdir_lock
+from pixdiff_jax.storage import workdir_lock
 
 HOLD = ('import sys, time\n'
-        'from pixdiff_jax.utils import workdir_lock\n'
+        'from pixdiff_jax.storage import workdir_lock\n'
         'workdir_lock.WorkdirLock(sys.argv[1], sys.argv[2]).acquire()\n'
         'print("held", flush=True)\n'
         'time.sleep(120)\n')

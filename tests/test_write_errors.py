@@ -16,7 +16,7 @@ import pytest
 from cli_testutil import error_lines, run_main
 from pixdiff_jax import errors
 from pixdiff_jax.cli import train_mode
-from pixdiff_jax.training import checkpointing
+from pixdiff_jax.storage import checkpointing
 from pixdiff_jax.utils import image_grid, metric_writer
 
 ENOSPC_TEXT = ('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database: Failed to write '

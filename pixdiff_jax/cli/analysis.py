@@ -23,7 +23,7 @@ def run(mode: str, config, *, workdir: str | None, workdirs: list[str],
     config_lib.check_compatible(stored, config)
   ev = config_lib.eval_config_for(stored, config)
   if mode == 'eval':
-    from pixdiff_jax.utils import workdir_lock  # pylint: disable=g-import-not-at-top
+    from pixdiff_jax.storage import workdir_lock  # pylint: disable=g-import-not-at-top
     with workdir_lock.hold(workdir, 'eval'):  # one eval at a time writes WORKDIR/eval
       results = evaluation.evaluate(workdir, ev)
     return {'results': f'{workdir}/{evaluation.EVAL_DIR}/results.json',

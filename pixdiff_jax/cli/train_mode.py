@@ -16,7 +16,7 @@ RESUME_ADVICE = 'free space and run the same command to resume'
 def last_intact_checkpoint(workdir: str, stages) -> str:
   """``'<path> (stage s, step n)'`` of the newest finished checkpoint of the latest stage that has
   one (where a rerun resumes), or a note that there is none."""
-  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   checkpointing.finish_pending_writes()
   for stage in reversed(tuple(stages)):
     steps = checkpointing.finished_steps(workdir, stage)
@@ -30,7 +30,7 @@ def _check_before_creating(config, workdir: str, stage: str) -> tuple[str, ...]:
   """Everything that can be checked before the workdir is created; returns the stages."""
   # pylint: disable=g-import-not-at-top
   from pixdiff_jax import config as config_lib, models
-  from pixdiff_jax.training import checkpointing
+  from pixdiff_jax.storage import checkpointing
   # pylint: enable=g-import-not-at-top
   config_lib.validate_config(config)
   models.validate_config(config)
@@ -46,7 +46,7 @@ def train(config, workdir: str, stage: str = 'all') -> None:
   """Trains ``stage`` (or all) of ``config`` in ``workdir``, holding the workdir's lock."""
   import jax  # pylint: disable=g-import-not-at-top
   from pixdiff_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  from pixdiff_jax.utils import workdir_lock  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.storage import workdir_lock  # pylint: disable=g-import-not-at-top
   stages = _check_before_creating(config, workdir, stage)
   wanted = None if stage == 'all' else [stage]
   # Only process 0 of a multi-process job holds the lock (the others share its workdir).

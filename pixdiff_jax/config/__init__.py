@@ -15,3 +15,4 @@ from pixdiff_jax.config.defaults import (default_eval_config, eval_config_for,  
 from pixdiff_jax.config.files import (apply_overrides, config_path, load_config,  # noqa: F401
                                       load_config_file, load_config_module, save_config,
                                       sibling_config)
+from pixdiff_jax.config.stages import TEACHER_STAGE, has_distill_stage, stages_for  # noqa: F401

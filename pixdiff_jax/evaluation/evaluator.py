@@ -243,7 +243,7 @@ def _finite(value, what: str) -> float:
 def _sampler(workdir: str, config, setting: Setting, batch: int):
   """(jittable fn(variables, key) -> float images in [0, 1], variables, network evals, params)."""
   from pixdiff_jax import models, sampling  # pylint: disable=g-import-not-at-top
-  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   use_ema = bool(config.sampling.use_ema)
   counts = models.count_params(config)
   if setting.overrides is None:
@@ -291,7 +291,7 @@ def evaluate(workdir: str, ev: ml_collections.ConfigDict, *, extractors=None,
   ``samples_only``: generate (or reuse) every setting's samples and stop before scoring.
   """
   from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(workdir)
   has_stage = lambda stage: os.path.isdir(os.path.join(workdir, 'checkpoints', stage)) and any(
       n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints', stage)))

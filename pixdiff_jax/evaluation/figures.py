@@ -231,7 +231,7 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
   Returns the steps (descending, then 0) and float32 ``[num_images, H, W, C]`` states in model
   space.
   """
-  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   seen = {}
 
   def record(x, j):
@@ -374,7 +374,7 @@ def known_noise_markdown(rows: list[dict], *, num_steps: int, num_images: int) -
 # ---------------------------------------------------------------------------- all
 def make_figures(workdir: str, ev, *, num_images: int = 8) -> dict:
   """Writes every figure for ``workdir`` into ``W/figures/``; returns the summary dict."""
-  from pixdiff_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from pixdiff_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(workdir)
   out = os.path.join(workdir, FIG_DIR)
   os.makedirs(out, exist_ok=True)

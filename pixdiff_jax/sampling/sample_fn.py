@@ -38,7 +38,7 @@ from jax.experimental import checkify
 from pixdiff_jax import config as config_lib, data, models
 from pixdiff_jax.diffusion import parametrisation, samplers, schedules, students
 from pixdiff_jax.errors import ConfigError
-from pixdiff_jax.training import checkpointing
+from pixdiff_jax.storage import checkpointing
 
 PyTree = Any
 SampleFn = Callable[[PyTree, jax.Array], jax.Array]
@@ -210,7 +210,7 @@ def _pixel_aware_sample_fn(config, shape, s, *, all_heads=False):
 def _ddpm_student_sample_fn(config, shape, s):
   """The DDPM baseline's distilled student, 1 or 2 calls (``diffusion/students.py``)."""
   net = models.build_reverse_model(config)
-  alphas_cumprod = models.ddpm_alphas_cumprod(config)
+  alphas_cumprod = schedules.ddpm_alphas_cumprod(config)
   middle = students.mid_step(alphas_cumprod, int(config.distill.mid_step))
 
   def sample_fn(variables: PyTree, rng: jax.Array) -> jax.Array:

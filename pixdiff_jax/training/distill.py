@@ -2,7 +2,7 @@
 the teacher's identity, and the stage itself.
 
 * :func:`get_teacher_fn` -> a pure, jittable ``teacher(variables, key) -> pairs`` for a batch:
-  pixel-aware, ``x_T`` drawn as generation draws it (``sampling.draw_start``: VAE prior ->
+  pixel-aware, ``x_T`` drawn as generation draws it (``sample_lib.draw_start``: VAE prior ->
   scale -> ``x_T``), then the deterministic K = T ``consistent`` sampler (``x0_jump``, eta 0,
   clip) with its trajectory; DDPM, ``x_T ~ N(0, I)`` drawn as its samplers draw it, then
   DPM-Solver++(2M) with ``distill.teacher_steps`` steps. Key ``k`` gives the images that
@@ -32,10 +32,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from pixdiff_jax import data, models
+from pixdiff_jax import data, models, sampling
+from pixdiff_jax.diffusion import samplers, schedules, students
 from pixdiff_jax.errors import NotFoundError, UserError
-from pixdiff_jax.diffusion import samplers, students
-from pixdiff_jax.training import checkpointing, distill_loss
+from pixdiff_jax.sampling import sample_fn as sample_lib
+from pixdiff_jax.storage import checkpointing
+from pixdiff_jax.training import distill_loss
 from pixdiff_jax.training.stages import TEACHER_STAGE, Stage, stage_key
 from pixdiff_jax.utils import distributed, progress
 
@@ -53,12 +55,10 @@ def get_teacher_fn(config: ml_collections.ConfigDict, batch_size: int
   """``teacher(variables, key) -> pairs`` for ``batch_size`` pairs (see the module docstring;
   the pairs' keys and shapes are those of ``training/distill_loss.py``). ``variables`` as
   ``get_sample_fn``'s: ``{'vae', 'reverse'}`` or ``{'model'}``."""
-  # pylint: disable-next=g-import-not-at-top  (sampling imports checkpointing)
-  from pixdiff_jax.sampling import sample_fn as sample_lib
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
   if config.method == 'ddpm':
     net = models.build_reverse_model(config)
-    ac = models.ddpm_alphas_cumprod(config)
+    ac = schedules.ddpm_alphas_cumprod(config)
     clip = bool(config.sampling.clip_denoised)
 
     def ddpm_teacher(variables, key):
@@ -299,8 +299,6 @@ def build_distill_stage(config: ml_collections.ConfigDict, workdir: str,
                         variables: dict[str, PyTree], identity: dict) -> Stage:
   """The distill stage: the student (the teacher's architecture) starts from the teacher's
   parameters ``variables`` (``teacher_variables``) and learns from the cached pairs."""
-  # pylint: disable-next=g-import-not-at-top  (sampling imports checkpointing)
-  from pixdiff_jax import sampling
   dd = config.distill
   student = 'model' if config.method == 'ddpm' else 'reverse'
   net = models.build_reverse_model(config)

@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from jaxtyping import Array
 
-from pixdiff_jax import models
-from pixdiff_jax.diffusion import samplers, students
+from pixdiff_jax.diffusion import samplers, schedules, students
 from pixdiff_jax.training.losses import select_heads
 
 __all__ = ['call_steps', 'get_distill_loss_fn', 'ddpm_student_inputs']
@@ -42,7 +41,7 @@ def call_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   if config.method == 'ddpm':
     if 2 not in calls:
       return (T,)
-    return (T, students.mid_step(models.ddpm_alphas_cumprod(config),
+    return (T, students.mid_step(schedules.ddpm_alphas_cumprod(config),
                                  int(config.distill.mid_step)))
   steps = set()
   for k in calls:
@@ -91,7 +90,7 @@ def _pixel_aware(config, net) -> LossFn:
 def ddpm_student_inputs(config, pairs: dict, use_mid: Array) -> tuple[Array, Array]:
   """``(x, n)``: the student's input and step per example: ``(x_T, T)``, or where ``use_mid``
   the middle state ``students.ddim_jump(x_T, x0, T -> m)`` of the teacher's image and ``m``."""
-  ac = models.ddpm_alphas_cumprod(config)
+  ac = schedules.ddpm_alphas_cumprod(config)
   T = ac.shape[0]
   m = students.mid_step(ac, int(config.distill.mid_step))
   x_mid = students.ddim_jump(pairs['x_T'], pairs['x0'], ac[T - 1], ac[m - 1])

@@ -24,7 +24,7 @@ from absl import logging
 
 from pixdiff_jax import data
 from pixdiff_jax.errors import UserError
-from pixdiff_jax.training import checkpointing
+from pixdiff_jax.storage import checkpointing
 from pixdiff_jax.training.stages import Stage, stage_key
 from pixdiff_jax.training.state import (TrainState, create_train_state, make_optimizer,
                                         num_consecutive_skipped)

@@ -1,4 +1,4 @@
-"""Training stages: which stages a config has (:func:`stages_for`), what each one trains
+"""Training stages: what each stage of a config (``config.stages_for``) trains
 (:func:`build_stage`) and the fixed randomness key of each (:func:`stage_key`).
 
 A :class:`Stage` holds what differs between the stages (the network's initial parameters, its
@@ -12,7 +12,9 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_collections
 
-from pixdiff_jax import models
+from pixdiff_jax import models, sampling
+from pixdiff_jax.config.stages import (TEACHER_STAGE, has_distill_stage,  # noqa: F401
+                                       stages_for)
 from pixdiff_jax.training import losses
 
 PyTree = Any
@@ -30,19 +32,6 @@ STAGE_KEYS: dict[tuple[str, str], int] = {
     ('pixel_aware', 'distill'): 1001,
     ('ddpm', 'distill'): 1002,
 }
-# The stage whose trained model a stage distils (its teacher).
-TEACHER_STAGE = {'pixel_aware': 'reverse', 'ddpm': 'ddpm'}
-
-
-def has_distill_stage(config: ml_collections.ConfigDict) -> bool:
-  """Whether the config trains the distill stage (``distill.steps > 0``)."""
-  return 'distill' in config and int(config.distill.get('steps', 0)) > 0
-
-
-def stages_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Training stages of the config's method, in order (``distill`` last, if it is on)."""
-  stages = ('ddpm',) if config.method == 'ddpm' else ('vae', 'reverse')
-  return stages + ('distill',) if has_distill_stage(config) else stages
 
 
 def stage_key(config: ml_collections.ConfigDict, name: str) -> jax.Array:
@@ -89,8 +78,6 @@ def teacher_sampler(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def build_stage(config: ml_collections.ConfigDict, name: str, *,
                 vae_params: PyTree = None) -> Stage:
   """Builds stage ``name`` ('vae', 'reverse' or 'ddpm') from the config."""
-  # pylint: disable-next=g-import-not-at-top  (sampling imports checkpointing, which imports us)
-  from pixdiff_jax import sampling
   if name == 'vae':
     vae = models.build_vae(config)
     loss = losses.get_vae_loss_fn(config, vae)

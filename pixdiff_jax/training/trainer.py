@@ -25,7 +25,8 @@ from absl import logging
 
 from pixdiff_jax import config as config_lib, data, models
 from pixdiff_jax.errors import ConfigError, UserError
-from pixdiff_jax.training import checkpointing, distill
+from pixdiff_jax.storage import checkpointing
+from pixdiff_jax.training import distill
 from pixdiff_jax.training.loop import (Hook, StageRun, TrainingDivergedError,  # noqa: F401
                                        TrainingInterrupted, _Interrupt, train_stage)
 from pixdiff_jax.training.stages import (TEACHER_STAGE, Stage, build_stage,  # noqa: F401

@@ -36,7 +36,7 @@ import orbax.checkpoint as ocp
 from pixdiff_jax import models
 from pixdiff_jax.errors import (ConfigError, NotFoundError, UserError, WriteError,
                                 write_failure_reason)
-from pixdiff_jax.training.stages import stages_for  # noqa: F401  (also re-exported from here)
+from pixdiff_jax.config.stages import stages_for  # noqa: F401  (also re-exported from here)
 
 PyTree = Any
 
