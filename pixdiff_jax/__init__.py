@@ -3,7 +3,7 @@
 Public API (docs/design.md section 1, "Public functions")::
 
     from pixdiff_jax import schedules, samplers
-    pixdiff_jax.get_sample_fn(config, *, batch_size, sampler='parallel', **overrides)
+    pixdiff_jax.get_sample_fn(config, *, batch_size, sampler='pixel_aware', **overrides)
     pixdiff_jax.load_sampler(workdir, **overrides)
 """
 from pixdiff_jax.diffusion import samplers, schedules

@@ -47,6 +47,18 @@ def test_setting_names_resolve_to_sampler_overrides():
   assert evaluation.parse_setting('ddim_10', config).overrides['eta'] == 0.0
 
 
+def test_the_earlier_sampler_name_parallel_is_the_pixel_aware_sampler():
+  config = _smoke_config()
+  assert config.sampling.sampler == 'pixel_aware'
+  config.sampling.sampler = 'parallel'  # as configs saved before the rename have it
+  config_lib.validate_config(config)
+  assert config_lib.sampler_settings(config)['sampler'] == 'pixel_aware'
+  assert config_lib.sampler_settings(config, sampler='parallel')['sampler'] == 'pixel_aware'
+  config.sampling.sampler = 'ddim'
+  with pytest.raises(ValueError, match="sampling.sampler='ddim' is not available"):
+    config_lib.validate_config(config)
+
+
 def test_sample_counts_and_their_errors():
   ev = config_lib.default_eval_config()
   ev.num_samples = 100

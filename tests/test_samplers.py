@@ -719,6 +719,7 @@ def test_network_evaluation_counts():
         model, x0, jnp.full((2, 3), 0.5), key, num_steps=T, network_calls=K)) == \
         samplers.num_network_evals('parallel', network_calls=K) == K
   assert samplers.num_network_evals('parallel') == 1
+  assert samplers.num_network_evals('pixel_aware', network_calls=3) == 3
   with pytest.raises(ValueError, match='sampler'):
     samplers.num_network_evals('euler', num_steps=3)
   with pytest.raises(ValueError, match='num_steps'):

@@ -13,7 +13,9 @@ from pixdiff_jax.diffusion.pixel_aware import UPDATES
 from pixdiff_jax.errors import ConfigError
 
 METHODS = ('pixel_aware', 'ddpm')
-SAMPLERS = {'pixel_aware': ('parallel',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}
+SAMPLERS = {'pixel_aware': ('pixel_aware',), 'ddpm': ('ddpm', 'ddim', 'dpm_solver')}
+# Earlier names, still accepted (configs saved with them): 'parallel' ran step by step for K = T.
+SAMPLER_ALIASES = {'parallel': 'pixel_aware'}
 PRIORS = ('standard', 'scale')
 VAE_LOSS_SPACES = ('scale', 'x0')
 # Per-pixel weights of the reverse loss: 'none' (eq. 15) or 'min_snr' (schedules.min_snr_weight).
@@ -117,7 +119,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if s.preset not in SAMPLING_PRESETS:
     raise ConfigError(f'sampling.preset must be one of {tuple(SAMPLING_PRESETS)}, '
                       f'got {s.preset!r}')
-  if s.sampler not in SAMPLERS[config.method]:
+  if SAMPLER_ALIASES.get(s.sampler, s.sampler) not in SAMPLERS[config.method]:
     raise ConfigError(f'sampling.sampler={s.sampler!r} is not available for method='
                       f'{config.method!r}; choose one of {SAMPLERS[config.method]}')
 
@@ -170,6 +172,7 @@ def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str
   s = config.sampling.to_dict()
   s.setdefault('update', 'recursion')  # configs saved before the field existed
   s.setdefault('distilled', False)
+  s['sampler'] = SAMPLER_ALIASES.get(s['sampler'], s['sampler'])
   preset = overrides.pop('preset', s['preset'])
   if preset not in SAMPLING_PRESETS:
     raise ConfigError(f'sampling preset must be one of {tuple(SAMPLING_PRESETS)}, got {preset!r}')
@@ -179,6 +182,7 @@ def sampler_settings(config: ml_collections.ConfigDict, **overrides) -> dict[str
   if unknown:
     raise ConfigError(f'unknown sampler settings {sorted(unknown)}; known: {sorted(s)}')
   s.update(overrides)
+  s['sampler'] = SAMPLER_ALIASES.get(s['sampler'], s['sampler'])
   if s['update'] not in UPDATES:
     raise ConfigError(f'sampling.update must be one of {UPDATES}, got {s["update"]!r}')
   if s['prior'] not in PRIORS:

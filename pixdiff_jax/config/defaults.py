@@ -193,8 +193,9 @@ def _sampling() -> ml_collections.ConfigDict:
   # 'paper' forces K=1, eta=1, no clipping, prior='standard' (with target='cumulative').
   # 'custom' uses the fields below as given.
   sampling.preset = 'custom'
-  # 'parallel' (pixel-aware, K network calls) | 'ddpm' | 'ddim' | 'dpm_solver'
-  sampling.sampler = 'parallel'
+  # 'pixel_aware' (K network calls of the T-headed model; 'parallel' is an older name of it) |
+  # 'ddpm' | 'ddim' | 'dpm_solver'
+  sampling.sampler = 'pixel_aware'
   sampling.network_calls = 1    # K for the pixel-aware sampler
   sampling.eta = 0.0
   sampling.clip_denoised = True

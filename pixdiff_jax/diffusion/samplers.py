@@ -33,7 +33,7 @@ __all__ = [
 
 
 _SAMPLER_ALIASES = {
-    'parallel': 'parallel', 'block_sequential': 'parallel',
+    'pixel_aware': 'pixel_aware', 'parallel': 'pixel_aware', 'block_sequential': 'pixel_aware',
     'ddpm': 'ddpm', 'ddim': 'ddim',
     'dpm_solver': 'dpm_solver', 'dpm_solver_pp_2m': 'dpm_solver', 'dpm_solver++': 'dpm_solver',
 }
@@ -42,7 +42,7 @@ _SAMPLER_ALIASES = {
 def num_network_evals(sampler: str, **settings: Any) -> int:
   """Static number of network evaluations of a sampler with the given settings.
 
-  * ``'parallel'`` / ``'block_sequential'``: ``network_calls`` (default 1) evaluations of the
+  * ``'pixel_aware'`` (also ``'parallel'``, ``'block_sequential'``): ``network_calls`` (default 1) evaluations of the
     reverse model R; the scale estimator G adds one more evaluation of a (smaller) network.
   * ``'ddpm'``: ``T = len(alphas_cumprod)`` (or ``num_train_steps``).
   * ``'ddim'``, ``'dpm_solver'`` (``'dpm_solver_pp_2m'``): ``num_steps`` (S).
@@ -51,7 +51,7 @@ def num_network_evals(sampler: str, **settings: Any) -> int:
   kind = _SAMPLER_ALIASES.get(sampler)
   if kind is None:
     raise ValueError(f'sampler must be one of {sorted(_SAMPLER_ALIASES)}, got {sampler!r}')
-  if kind == 'parallel':
+  if kind == 'pixel_aware':
     return check_int('network_calls', settings.get('network_calls', 1), lo=1)
   if kind == 'ddpm':
     if settings.get('alphas_cumprod') is not None:

@@ -7,7 +7,7 @@
 * pixel-aware: ``{'vae': vae_params, 'reverse': reverse_params}``
 * DDPM baseline: ``{'model': params}``
 
-Pixel-aware generation (the sampler ``'parallel'``):
+Pixel-aware generation (the sampler ``'pixel_aware'``):
 
 1. ``prior='standard'`` (paper): ``x_T ~ N(0, I)`` and ``x_delta_hat = G(x_T, T)``.
    ``prior='scale'``: ``z ~ N(0, I)``, ``x_delta_hat = G.decode(z, T)``, then ``x_T`` is drawn
@@ -80,7 +80,7 @@ def get_sample_fn(config: ml_collections.ConfigDict, *, batch_size: int,
   Args:
     config: the experiment config (``config.sampling`` gives defaults).
     batch_size: number of images per call.
-    sampler: overrides ``config.sampling.sampler`` ('parallel'; or 'ddpm', 'ddim',
+    sampler: overrides ``config.sampling.sampler`` ('pixel_aware'; or 'ddpm', 'ddim',
       'dpm_solver' for the DDPM baseline).
     all_heads: evaluate all T heads at every network call even when the update reads one
       (the behaviour before heads on demand; same samples, for speed comparisons).
