@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pixdiff_jax import config as config_lib, evaluation
-from pixdiff_jax.evaluation import evaluator, figures
+from pixdiff_jax.evaluation import figures, report
 from test_cli import FMNIST, ROOT, _main as _run_main
 
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
@@ -76,7 +76,7 @@ def test_tables_never_show_nan():
   row = {k: 1.0 for k in evaluation.RESULT_COLUMNS}
   row.update(setting='a', sampler='b', fid=None, fid_floor=None, fd_efflite0=float('nan'))
   with pytest.raises(ValueError, match='non-finite'):
-    evaluator._row_cells(row)
+    report.row_cells(row)
 
 
 def test_ssim_identities():

@@ -216,7 +216,7 @@ def _sampling() -> ml_collections.ConfigDict:
 def _eval() -> ml_collections.ConfigDict:
   """``config.eval``: ``--mode eval`` (sample counts, sampler settings, Frechet metrics)."""
   ev = ml_collections.ConfigDict()
-  # Comma-separated sampler settings (pixdiff_jax/evaluation/evaluator.py, parse_setting); '' = the
+  # Comma-separated sampler settings (evaluation/settings.py, parse_setting); '' = the
   # method's default list: pixel-aware 'paper,consistent,x0_jump_K1,x0_jump_K2,x0_jump_K5,
   # x0_jump_KT,vae_prior'; DDPM 'ddpm,ddim_10,ddim_20,ddim_50,ddim_100,dpm_solver_10,
   # dpm_solver_20'.

@@ -1,4 +1,9 @@
-"""Evaluation: sample quality, cost and speed of sampler settings (``evaluator``) and the paper's
-figures (``figures``). The evaluation API is re-exported from ``evaluator``."""
-from pixdiff_jax.evaluation.evaluator import *  # noqa: F401,F403
-from pixdiff_jax.evaluation.evaluator import __all__  # noqa: F401
+"""Evaluation: which sampler settings are scored (``settings``), sampling and scoring them
+(``evaluator``), the results files and tables (``report``) and the paper's figures (``figures``).
+The evaluation API is re-exported here."""
+from pixdiff_jax.evaluation.evaluator import Scorer, check_inception_weights, evaluate  # noqa: F401
+from pixdiff_jax.evaluation.report import (compare, method_label, read_json,  # noqa: F401
+                                          results_markdown, write_json)
+from pixdiff_jax.evaluation.settings import (DEFAULT_SETTINGS, DISTILLED_SETTINGS,  # noqa: F401
+                                            EVAL_DIR, RESULT_COLUMNS, EvalError, Setting,
+                                            parse_setting, sample_counts, settings_for)

@@ -15,147 +15,25 @@ as many random images of the training split (cached). Files written::
 
 A rerun reuses every setting whose stored result was made with the same settings, sample count,
 seed, reference and feature weights (an interrupted run continues where it stopped).
-
-``compare(workdirs, out_prefix)`` puts the rows of several evaluated workdirs into one table in
-the shape of the paper's Table 1 (method, sampler, params, network evals, s/image, FD, FID).
-
-Setting names (``parse_setting``):
-
-* pixel-aware: ``paper`` (the preset: K=1, eta=1, no clip, x_T ~ N(0, I), recursion);
-  ``consistent`` (the preset with the workdir's K); ``x0_jump_K<k>`` (the consistent preset with
-  K = k network calls; ``x0_jump_KT``: K = T; a suffix ``_eta<e>`` sets the fresh noise, e.g.
-  ``x0_jump_KT_eta1`` is ancestral sampling); ``vae_prior`` (the VAE's scale prior decoded to
-  an image, no reverse model).
-* DDPM baseline: ``ddpm`` (ancestral, T steps); ``ddim_<S>`` (eta = 0); ``dpm_solver_<S>``
-  (DPM-Solver++(2M)); all with the workdir's ``sampling.clip_denoised``.
-* both: ``distilled`` and ``distilled_K2``, the distill stage's student with 1 or 2 network
-  calls (the presets of the same names); the default list adds them when the workdir has a
-  checkpoint of the distill stage.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import platform
-import re
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import ml_collections
 import numpy as np
 
-from pixdiff_jax.errors import InputError, writing
+from pixdiff_jax.errors import writing
+from pixdiff_jax.evaluation.report import method_label, read_json, results_markdown, write_json
+from pixdiff_jax.evaluation.settings import (EVAL_DIR, EvalError, Setting, sample_counts,
+                                            settings_for)
 
-__all__ = ['DEFAULT_SETTINGS', 'RESULT_COLUMNS', 'EVAL_DIR', 'EvalError', 'Setting', 'parse_setting',
-           'settings_for', 'sample_counts', 'Scorer', 'check_inception_weights', 'evaluate',
-           'method_label', 'results_markdown', 'compare']
-
-DEFAULT_SETTINGS = {
-    'pixel_aware': ('paper', 'consistent', 'x0_jump_K1', 'x0_jump_K2', 'x0_jump_K5',
-                    'x0_jump_KT', 'vae_prior'),
-    'ddpm': ('ddpm', 'ddim_10', 'ddim_20', 'ddim_50', 'ddim_100', 'dpm_solver_10',
-             'dpm_solver_20'),
-}
-DISTILLED_SETTINGS = ('distilled', 'distilled_K2')
-RESULT_COLUMNS = ('setting', 'sampler', 'num_samples', 'params', 'network_evals',
-                  'seconds_per_image', 'fd_efflite0', 'fd_efflite0_floor', 'fid', 'fid_floor')
-EVAL_DIR = 'eval'
-
-
-class EvalError(InputError):
-  """A user mistake or an unusable workdir: printed by main.py as one ``error:`` line."""
-
-
-# ---------------------------------------------------------------------------- eval settings
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  """One sampler setting of ``--mode eval``."""
-  name: str
-  label: str                 # e.g. 'consistent (x0_jump, K=10, eta=0, clip, scale prior)'
-  overrides: dict | None     # kwargs of sampling.get_sample_fn; None = VAE prior alone
-
-
-def parse_setting(name: str, config: ml_collections.ConfigDict) -> Setting:
-  """``Setting`` for a name of the module docstring, checked against the workdir's config."""
-  T = config.diffusion.num_steps
-  name = name.strip()
-  if name in DISTILLED_SETTINGS:
-    k = 1 if name == 'distilled' else 2
-    how = ('the K=T consistent sampler read from the heads of each call (x0_steps)'
-           if config.method == 'pixel_aware' else 'clean image from x_T'
-           + (', then from the midpoint' if k == 2 else ''))
-    return Setting(name, f'distilled student, {k} call{"s" * (k > 1)} ({how})',
-                   dict(preset=name))
-  if config.method == 'pixel_aware':
-    if name == 'paper':
-      return Setting(name, 'paper preset (Algorithm 1: K=1, eta=1, no clip, x_T ~ N(0, I))',
-                     dict(preset='paper'))
-    if name == 'consistent':
-      k = int(config.sampling.network_calls)
-      return Setting(name, f'consistent preset (x0_jump, K={k}, eta=0, clip, scale prior)',
-                     dict(preset='consistent', network_calls=k))
-    m = re.fullmatch(r'x0_jump_K(\d+|T)(?:_eta(\d+(?:\.\d+)?))?', name)
-    if m:
-      k = T if m.group(1) == 'T' else int(m.group(1))
-      if not 1 <= k <= T:
-        raise EvalError(f'eval setting {name!r}: K must lie in 1..T={T}')
-      eta = float(m.group(2) or 0)
-      extra = dict(eta=eta) if m.group(2) else {}
-      return Setting(name, f'x0_jump, K={k}, eta={eta:g}, clip, scale prior',
-                     dict(preset='consistent', network_calls=k, **extra))
-    if name == 'vae_prior':
-      return Setting(name, 'VAE scale prior alone (no reverse model)', None)
-  else:
-    clip = bool(config.sampling.clip_denoised)
-    if name == 'ddpm':
-      return Setting(name, f'DDPM-{T} ancestral', dict(sampler='ddpm', clip_denoised=clip))
-    m = re.fullmatch(r'(ddim|dpm_solver)_(\d+)', name)
-    if m:
-      s = int(m.group(2))
-      if not 1 <= s <= T:
-        raise EvalError(f'eval setting {name!r}: the step count must lie in 1..T={T}')
-      label = f'DDIM-{s} (eta=0)' if m.group(1) == 'ddim' else f'DPM-Solver++(2M)-{s}'
-      extra = dict(eta=0.0) if m.group(1) == 'ddim' else {}
-      return Setting(name, label, dict(sampler=m.group(1), num_steps=s, clip_denoised=clip,
-                                       **extra))
-  known = ('paper, consistent, x0_jump_K<k>[_eta<e>], x0_jump_KT[_eta<e>], vae_prior'
-           if config.method == 'pixel_aware' else 'ddpm, ddim_<S>, dpm_solver_<S>')
-  known += ', distilled, distilled_K2'
-  raise EvalError(f'unknown eval setting {name!r} for method={config.method!r} '
-                  f'(config.eval.samplers); known: {known}')
-
-
-def settings_for(config: ml_collections.ConfigDict, ev: ml_collections.ConfigDict, *,
-                 distilled: bool = False) -> list[Setting]:
-  """The settings of ``eval.samplers``, or the method's defaults (plus the distilled ones when
-  ``distilled``: the workdir has a distill stage)."""
-  names = [n for n in str(ev.samplers).split(',') if n.strip()] or list(
-      DEFAULT_SETTINGS[config.method]) + (list(DISTILLED_SETTINGS) if distilled else [])
-  settings = [parse_setting(n, config) for n in names]
-  if len({s.name for s in settings}) != len(settings):
-    raise EvalError(f'config.eval.samplers names a setting twice: {names}')
-  return settings
-
-
-def sample_counts(ev: ml_collections.ConfigDict, names: list[str]) -> dict[str, int]:
-  """Samples per setting: ``eval.num_samples``, or the count in ``eval.num_samples_by_setting``."""
-  counts = {n: int(ev.num_samples) for n in names}
-  for item in str(ev.num_samples_by_setting).split(','):
-    if not item.strip():
-      continue
-    key, sep, value = item.partition(':')
-    if not sep or not value.strip().isdigit():
-      raise EvalError(f"config.eval.num_samples_by_setting must look like 'name:n,...', "
-                      f'got {ev.num_samples_by_setting!r}')
-    if key.strip() in counts:
-      counts[key.strip()] = int(value)
-  for name, n in counts.items():
-    if n < 2:
-      raise EvalError(f'setting {name!r} would use {n} samples: a Frechet distance needs at '
-                      'least 2 (config.eval.num_samples / num_samples_by_setting)')
-  return counts
+__all__ = ['Scorer', 'check_inception_weights', 'evaluate']
 
 
 # ---------------------------------------------------------------------------- features
@@ -307,7 +185,7 @@ def evaluate(workdir: str, ev: ml_collections.ConfigDict, *, extractors=None,
   out_dir = os.path.join(workdir, EVAL_DIR)
   os.makedirs(out_dir, exist_ok=True)
   results_path = os.path.join(out_dir, 'results.json')
-  previous = {r['setting']: r for r in _read_json(results_path, {}).get('settings', [])}
+  previous = {r['setting']: r for r in read_json(results_path, {}).get('settings', [])}
   scorer = None if samples_only else Scorer(config, ev, extractors)
   rows, sampled_by = [], {}
   for setting in settings:
@@ -365,7 +243,7 @@ def _sample_setting(workdir, config, ev, setting: Setting, n: int, out_dir: str,
          'seed': int(ev.seed)}
   npz = os.path.join(out_dir, f'{setting.name}.npz')
   meta_path = os.path.join(out_dir, f'{setting.name}.json')
-  meta = _read_json(meta_path, None)
+  meta = read_json(meta_path, None)
   if meta is not None and meta.get('key') == key and os.path.exists(npz):
     log(f'{setting.name}: reusing the samples in {npz}')
     return meta
@@ -381,15 +259,8 @@ def _sample_setting(workdir, config, ev, setting: Setting, n: int, out_dir: str,
           'batch_size': batch, 'batch_seconds': times, 'compile_seconds': compile_s,
           'machine': _machine(), 'npz': os.path.basename(npz), 'png': f'{setting.name}.png',
           'key': key}
-  _write_json(meta_path, meta)
+  write_json(meta_path, meta)
   return meta
-
-
-def method_label(config) -> str:
-  d = config.diffusion
-  if config.method == 'ddpm':
-    return f'DDPM (one-head U-Net, T={d.num_steps}, {d.schedule} betas)'
-  return f'pixel-aware (T={d.num_steps} heads, gamma={d.gamma:g}, target={d.target})'
 
 
 def _write_results(out_dir, config, workdir, rows) -> dict:
@@ -397,105 +268,9 @@ def _write_results(out_dir, config, workdir, rows) -> dict:
              'method_label': method_label(config), 'machine': _machine(),
              'written': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
              'settings': rows}
-  _write_json(os.path.join(out_dir, 'results.json'), results)
+  write_json(os.path.join(out_dir, 'results.json'), results)
   with open(os.path.join(out_dir, 'results.md'), 'w', encoding='utf-8') as f:
     f.write(results_markdown(results))
   return results
 
 
-# ---------------------------------------------------------------------------- tables
-def _fmt(value, kind: str) -> str:
-  if value is None:
-    return '-'
-  if kind == 'int':
-    return f'{int(value):,}'
-  value = float(value)
-  if not math.isfinite(value):  # never a NaN in a table
-    raise EvalError(f'a non-finite number ({value}) reached a results table')
-  return f'{value:.3g}' if kind == 'sec' else f'{value:.2f}'
-
-
-def _row_cells(r: dict) -> list[str]:
-  return [_fmt(r['num_samples'], 'int'), _fmt(r['params'], 'int'),
-          _fmt(r['network_evals'], 'int'), _fmt(r['seconds_per_image'], 'sec'),
-          _fmt(r['fd_efflite0'], 'fd'), _fmt(r['fd_efflite0_floor'], 'fd'),
-          _fmt(r.get('fid'), 'fd'), _fmt(r.get('fid_floor'), 'fd')]
-
-
-_HEAD = ['n', 'params', 'network evals', 's/image', 'FD_efflite0', 'floor (real, same n)',
-         'FID', 'FID floor']
-
-
-def results_markdown(results: dict) -> str:
-  m = results['machine']
-  lines = [f"# Evaluation of {results['workdir']}", '',
-           f"{results['method_label']}. Reference: all images of the "
-           f"{_reference_text(results)}; floor: the same distance for n random training "
-           f"images. Seconds per image: median over timed batches after compilation on "
-           f"{m['platform']} ({m['device_kind']}, {m['cpu_count']} CPUs). Network evals: "
-           'calls of the reverse model (pixel-aware rows also run the VAE once). FID '
-           "'-': no Inception weights given (--config.eval.inception_weights).", '',
-           '| setting | sampler | ' + ' | '.join(_HEAD) + ' |',
-           '|---|---|' + '---:|' * len(_HEAD)]
-  for r in results['settings']:
-    lines.append(f"| {r['setting']} | {r['sampler']} | " + ' | '.join(_row_cells(r)) + ' |')
-  return '\n'.join(lines) + '\n'
-
-
-def _reference_text(results: dict) -> str:
-  rows = results['settings']
-  if not rows:
-    return 'reference split'
-  ref = rows[0]['key']['reference']
-  text = f"{ref['dataset']} {ref['split']} split"
-  if ref['max_examples']:
-    text += f" (first {ref['max_examples']} only: test setting)"
-  return text
-
-
-def compare(workdirs: list[str], out_prefix: str) -> dict:
-  """One Table-1-shaped table over evaluated workdirs: ``<out_prefix>.md`` and ``.json``."""
-  if not workdirs:
-    raise EvalError('--workdirs is empty: give evaluated workdirs, e.g. --workdirs W1,W2')
-  tables = []
-  for w in workdirs:
-    path = os.path.join(w, EVAL_DIR, 'results.json')
-    if not os.path.isdir(w):
-      raise EvalError(f'--workdirs: {w} does not exist' if not os.path.exists(w) else
-                      f'--workdirs: {w} is a file, not a workdir')
-    if not os.path.exists(path):
-      raise EvalError(f'{path} not found: run python main.py --mode eval --workdir {w} first')
-    tables.append(_read_json(path, None))
-  rows = []
-  for t in tables:
-    for r in t['settings']:
-      rows.append({'method': t['method_label'], 'workdir': t['workdir'], **{
-          k: r.get(k) for k in RESULT_COLUMNS}})
-  out = {'rows': rows, 'machines': [t['machine'] for t in tables],
-         'written': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}
-  lines = ['| method | sampler | ' + ' | '.join(_HEAD) + ' |',
-           '|---|---|' + '---:|' * len(_HEAD)]
-  for r in rows:
-    lines.append(f"| {r['method']} | {r['sampler']} | " + ' | '.join(_row_cells(r)) + ' |')
-  os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-  _write_json(out_prefix + '.json', out)
-  with open(out_prefix + '.md', 'w', encoding='utf-8') as f:
-    f.write('\n'.join(lines) + '\n')
-  out['markdown'] = out_prefix + '.md'
-  return out
-
-
-# ---------------------------------------------------------------------------- files
-def _read_json(path, default):
-  if path is None or not os.path.exists(path):
-    return default
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with writing(path):
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(obj, f, indent=2, allow_nan=False)
-    os.replace(tmp, path)

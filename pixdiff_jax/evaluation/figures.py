@@ -33,6 +33,7 @@ import numpy as np
 from pixdiff_jax import config as config_lib, data, models
 from pixdiff_jax.diffusion import parametrisation, samplers, schedules
 from pixdiff_jax.errors import InputError
+from pixdiff_jax.evaluation import report, settings
 
 FIG_DIR = 'figures'
 PIXEL_VALUES = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -279,18 +280,16 @@ def reverse_trajectory(workdir: str, config, *, num_images: int, seed: int
 # ---------------------------------------------------------------------------- figure 11
 def fig_samples(path: str, workdir: str, config, seed: int) -> list[str]:
   plt = _plt()
-  from pixdiff_jax.evaluation import evaluator as evaluation  # pylint: disable=g-import-not-at-top
   from pixdiff_jax.utils import image_grid  # pylint: disable=g-import-not-at-top
-  eval_dir = os.path.join(workdir, evaluation.EVAL_DIR)
-  read = evaluation._read_json  # pylint: disable=protected-access
-  scores = {r['setting']: r['fd_efflite0'] for r in read(
+  eval_dir = os.path.join(workdir, settings.EVAL_DIR)
+  scores = {r['setting']: r['fd_efflite0'] for r in report.read_json(
       os.path.join(eval_dir, 'results.json'), {}).get('settings', [])}
-  names = [s.name for s in evaluation.settings_for(config, config_lib.default_eval_config())]
+  names = [s.name for s in settings.settings_for(config, config_lib.default_eval_config())]
   names += sorted(n[:-4] for n in os.listdir(eval_dir) if n.endswith('.npz')
                   and n[:-4] not in names) if os.path.isdir(eval_dir) else []
   panels = []
   for name in names:  # every setting sampled by --mode eval, in the default order
-    meta = read(os.path.join(eval_dir, f'{name}.json'), None)
+    meta = report.read_json(os.path.join(eval_dir, f'{name}.json'), None)
     npz = os.path.join(eval_dir, f'{name}.npz')
     if meta is None or not os.path.exists(npz):
       continue
