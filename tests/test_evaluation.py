@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pixdiff_jax import config as config_lib, evaluation
-from pixdiff_jax.evaluation import figures, report
+from pixdiff_jax.evaluation import known_noise, report
+from pixdiff_jax.metrics.ssim import ssim
 from test_cli import FMNIST, ROOT, _main as _run_main
 
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
@@ -82,19 +83,19 @@ def test_tables_never_show_nan():
 def test_ssim_identities():
   rng = np.random.default_rng(0)
   x = rng.uniform(size=(32, 32))
-  assert figures.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
-  assert figures.ssim(x, 1 - x) < 0  # anti-correlated structure
+  assert ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+  assert ssim(x, 1 - x) < 0  # anti-correlated structure
   # Constant images: only the luminance term is left, (2ab + c1) / (a^2 + b^2 + c1).
   a, b, c1 = 0.3, 0.5, 0.01 ** 2
   expect = (2 * a * b + c1) / (a * a + b * b + c1)
-  assert figures.ssim(np.full((32, 32), a), np.full((32, 32), b)) == pytest.approx(expect,
+  assert ssim(np.full((32, 32), a), np.full((32, 32), b)) == pytest.approx(expect,
                                                                                    rel=1e-9)
 
 
 def test_known_noise_increment_target_inverts_the_chain():
   # With the exact increments and eta = 0, Algorithm 1 undoes the forward chain (DESIGN.md 3).
   images = np.random.default_rng(0).uniform(size=(2, 8, 8, 1)).astype(np.float32)
-  rows = figures.known_noise_table(images, num_steps=10, eps=4e-3, seed=0, gammas=(1.0, 4.0))
+  rows = known_noise.known_noise_table(images, num_steps=10, eps=4e-3, seed=0, gammas=(1.0, 4.0))
   inc = [r for r in rows if r['target'] == 'increment']
   assert len(rows) == 8 and len(inc) == 2
   assert all(r['mse_eta0'] < 1e-9 for r in inc), inc
@@ -199,7 +200,7 @@ def test_eval_compare_figures_on_a_smoke_workdir(smoke_copy, tmp_path):
                'fig07_forward.png', 'fig07_reverse.png', 'fig11_samples.png', 'known_noise.md'):
     assert (w / 'figures' / name).stat().st_size > 0, name
   # The reverse progression saw every step T..1 (one call per step) and the result.
-  ssim = summary['abar_ssim']['mean_ssim_by_step']
-  assert all(-1 <= v <= 1 for v in ssim.values())
+  ssims = summary['abar_ssim']['mean_ssim_by_step']
+  assert all(-1 <= v <= 1 for v in ssims.values())
   assert len(summary['sample_panels']) == 3
-  assert len(summary['known_noise']) == len(figures.KNOWN_NOISE_GAMMAS) * 4
+  assert len(summary['known_noise']) == len(known_noise.KNOWN_NOISE_GAMMAS) * 4

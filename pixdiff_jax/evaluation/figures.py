@@ -22,7 +22,6 @@ Written to ``W/figures/`` (matplotlib PNGs) with a summary ``W/figures/figures.j
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -34,10 +33,11 @@ from pixdiff_jax import config as config_lib, data, models
 from pixdiff_jax.diffusion import parametrisation, samplers, schedules
 from pixdiff_jax.errors import InputError
 from pixdiff_jax.evaluation import report, settings
+from pixdiff_jax.evaluation.known_noise import known_noise_markdown, known_noise_table
+from pixdiff_jax.metrics.ssim import ssim
 
 FIG_DIR = 'figures'
 PIXEL_VALUES = (0.1, 0.25, 0.5, 0.75, 1.0)
-KNOWN_NOISE_GAMMAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 20.0, 32.0, 50.0)
 DDPM_STEPS = 1000  # the reference DDPM: linear betas 1e-4..0.02 over 1000 steps
 
 
@@ -50,34 +50,6 @@ def _plt():
 
 def _ddpm_abar() -> np.ndarray:
   return schedules.linear_alphas_cumprod(DDPM_STEPS, 1e-4, 0.02)
-
-
-# ---------------------------------------------------------------------------- SSIM
-def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, sigma: float = 1.5
-         ) -> float:
-  """Mean structural similarity of two 2-D images (Wang et al. 2004).
-
-  Gaussian window (``sigma`` 1.5, truncated at 3.5 sigma: the 11x11 window), ``K1 = 0.01``,
-  ``K2 = 0.03``, population covariances, border of half a window excluded from the mean (as
-  ``skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)``).
-  """
-  from scipy.ndimage import gaussian_filter  # pylint: disable=g-import-not-at-top
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  if a.shape != b.shape or a.ndim != 2:
-    raise ValueError(f'ssim needs two 2-D images of one shape, got {a.shape} and {b.shape}')
-  f = lambda x: gaussian_filter(x, sigma, truncate=3.5, mode='reflect')
-  mu_a, mu_b = f(a), f(b)
-  var_a = f(a * a) - mu_a ** 2
-  var_b = f(b * b) - mu_b ** 2
-  cov = f(a * b) - mu_a * mu_b
-  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-  s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) *
-                                                   (var_a + var_b + c2))
-  pad = int(3.5 * sigma + 0.5)
-  if min(a.shape) > 2 * pad:
-    s = s[pad:-pad, pad:-pad]
-  return float(s.mean())
 
 
 # ---------------------------------------------------------------------------- figures 1, 2
@@ -314,60 +286,6 @@ def fig_samples(path: str, workdir: str, config, seed: int) -> list[str]:
   fig.savefig(path)
   plt.close(fig)
   return [p[0] for p in panels]
-
-
-# ---------------------------------------------------------------------------- Appendix B
-def known_noise_table(images_unit: np.ndarray, *, num_steps: int, eps: float, seed: int,
-                      gammas=KNOWN_NOISE_GAMMAS) -> list[dict]:
-  """Algorithm 1 (K = 1, recursion) with oracle heads and the true scale: reconstruction MSE.
-
-  For each gamma and head target the forward chain of every image is simulated, the heads are
-  its exact targets (``parametrisation.chain_targets``) and the scale is ``exp(-gamma x0)``; the
-  recursion then runs from that chain's ``x_T`` with fresh noise (``eta = 1``, the paper) and
-  without (``eta = 0``). Rows: ``{'gamma', 'target', 'mse_eta1', 'mse_eta0'}`` (float32 runs).
-  """
-  x0 = eps + (1 - eps) * jnp.asarray(images_unit, jnp.float32)
-  rows = []
-  k_chain, k_noise = jax.random.split(jax.random.PRNGKey(seed))
-  for gamma in gammas:
-    xs, e = schedules.forward_chain(k_chain, x0, gamma=gamma, num_steps=num_steps)
-    x_delta = schedules.image_scale(x0, gamma)
-    for target in samplers.TARGETS:
-      Z = parametrisation.chain_targets(xs, e, x0, gamma=gamma, num_steps=num_steps, target=target)
-      row = {'gamma': gamma, 'target': target}
-      for eta in (1.0, 0.0):
-        x_hat = _oracle_reverse(xs[-1], x_delta, Z, k_noise, jnp.float32(eta),
-                                num_steps=num_steps, eps=eps, target=target)
-        err = np.asarray(x_hat, np.float64) - np.asarray(x0, np.float64)
-        mse = float(np.mean(err ** 2))
-        row[f'mse_eta{eta:g}'] = mse if np.isfinite(mse) else None
-      rows.append(row)
-  return rows
-
-
-@functools.partial(jax.jit, static_argnames=('num_steps', 'eps', 'target'))
-def _oracle_reverse(x_T, x_delta, Z, rng, eta, *, num_steps, eps, target):
-  """Algorithm 1 whose 'network' returns the given heads ``Z`` (one compile per target)."""
-  return samplers.block_sequential_reverse(
-      lambda x, xd, j: Z, x_T, x_delta, rng, num_steps=num_steps, network_calls=1, eta=eta,
-      eps=eps, update='recursion', target=target)
-
-
-def known_noise_markdown(rows: list[dict], *, num_steps: int, num_images: int) -> str:
-  targets = list(dict.fromkeys(r['target'] for r in rows))
-  gammas = list(dict.fromkeys(r['gamma'] for r in rows))
-  fmt = lambda v: 'non-finite' if v is None else f'{v:.2e}'
-  lines = [f'Known-noise reconstruction (Appendix B): Algorithm 1 (K = 1) with the exact heads '
-           f'of the forward chain and the true scale, T = {num_steps}, {num_images} test '
-           'images, MSE of x0_hat vs x0 in [eps, 1] (eta = 1 / eta = 0).', '',
-           '| gamma | ' + ' | '.join(targets) + ' |', '|---:|' + '---:|' * len(targets)]
-  for g in gammas:
-    cells = []
-    for t in targets:
-      r = next(r for r in rows if r['gamma'] == g and r['target'] == t)
-      cells.append(f"{fmt(r['mse_eta1'])} / {fmt(r['mse_eta0'])}")
-    lines.append(f'| {g:g} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
 
 
 # ---------------------------------------------------------------------------- all
