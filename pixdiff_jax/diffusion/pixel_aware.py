@@ -261,6 +261,26 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     raise ValueError(f'rng is None, which needs eta=0; got eta={eta!r}')
   dtype = compute_dtype(x, x_delta_hat)
 
+  his, los, length = _block_bounds(num_steps, network_calls, start_step)
+
+  if update not in UPDATES:
+    raise ValueError(f'update must be one of {UPDATES}, got {update!r}')
+  if target not in TARGETS:
+    raise ValueError(f'target must be one of {TARGETS}, got {target!r}')
+  if return_trajectory and update != 'x0_jump':
+    raise ValueError(f"return_trajectory needs update='x0_jump', got {update!r}")
+  reads_one_head = (update == 'x0_jump' and target != 'increment') or length == 1
+  return _block_sequential_jit(model_fn, x.astype(dtype), x_delta_hat, rng,
+                               jnp.asarray(eta, dtype), his, los, length=length,
+                               num_steps=num_steps, clip_denoised=bool(clip_denoised),
+                               eps=float(eps), update=update, target=target,
+                               head_fn=head_fn if reads_one_head else None,
+                               trajectory=bool(return_trajectory))
+
+
+def _block_bounds(num_steps: int, network_calls: int, start_step) -> tuple[Array, Array, int]:
+  """``(his, los, length)``: each call's start step ``t_k`` and the next call's ``t_{k+1}``
+  (int32 ``[K]``), and the longest block (static). ``start_step`` may be traced."""
   if start_step is None or concrete(start_step) is not None:
     s = num_steps if start_step is None else int(concrete(start_step))
     his = block_starts(num_steps, network_calls, s)
@@ -276,20 +296,8 @@ def block_sequential_reverse(model_fn: ModelFn, x_T: Float[ArrayLike, '*shape'],
     bounds = s - (ks * s) // k
     his, los = bounds[:-1], bounds[1:]
     length = -(-num_steps // k)
+  return his, los, length
 
-  if update not in UPDATES:
-    raise ValueError(f'update must be one of {UPDATES}, got {update!r}')
-  if target not in TARGETS:
-    raise ValueError(f'target must be one of {TARGETS}, got {target!r}')
-  if return_trajectory and update != 'x0_jump':
-    raise ValueError(f"return_trajectory needs update='x0_jump', got {update!r}")
-  reads_one_head = (update == 'x0_jump' and target != 'increment') or length == 1
-  return _block_sequential_jit(model_fn, x.astype(dtype), x_delta_hat, rng,
-                               jnp.asarray(eta, dtype), his, los, length=length,
-                               num_steps=num_steps, clip_denoised=bool(clip_denoised),
-                               eps=float(eps), update=update, target=target,
-                               head_fn=head_fn if reads_one_head else None,
-                               trajectory=bool(return_trajectory))
 
 
 @functools.partial(jax.jit, static_argnames=('model_fn', 'length', 'num_steps', 'clip_denoised',
