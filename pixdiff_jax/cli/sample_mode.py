@@ -22,7 +22,10 @@ from pixdiff_jax.cli.flags import FLAGS
 from pixdiff_jax.errors import WriteError
 
 DEFAULT_MAX_HOURS = 24.0
+# Automatic chunks: at most this much memory, and this many images (an interrupt loses at most
+# one chunk of work).
 AUTO_CHUNK_BYTES = 256 << 20
+AUTO_CHUNK_IMAGES = 10_000
 GRID_IMAGES = 100
 
 
@@ -109,7 +112,8 @@ def _open_store(config, stored, workdir: str, n: int):
       f'{stage} step {step}' for stage, step in sample_fn.checkpoint_steps.items()),
         file=sys.stderr, flush=True)
   shape = (stored.data.image_size, stored.data.image_size, stored.data.num_channels)
-  chunk = FLAGS.chunk_images or max(batch, AUTO_CHUNK_BYTES // int(np.prod(shape)))
+  chunk = FLAGS.chunk_images or max(batch, min(AUTO_CHUNK_IMAGES,
+                                               AUTO_CHUNK_BYTES // int(np.prod(shape))))
   name = _name(config, settings, sample_fn)
   key = {'checkpoint_steps': sample_fn.checkpoint_steps, 'settings': sample_fn.settings,
          'use_ema': bool(s.use_ema), 'seed': int(FLAGS.sample_seed)}
