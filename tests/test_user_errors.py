@@ -46,6 +46,10 @@ def test_config_checks_raise_config_errors():
   with pytest.raises(errors.ConfigError, match='training.batch_size must be >= 1'):
     config_lib.validate_config(config)
   config = config_lib.load_config_file(str(ROOT / 'configs' / 'smoke.py'))
+  config.optim.lr = 0.0  # checked before anything is written (was: in the optimiser)
+  with pytest.raises(errors.ConfigError, match='optim.lr must be > 0, got 0.0'):
+    config_lib.validate_config(config)
+  config = config_lib.load_config_file(str(ROOT / 'configs' / 'smoke.py'))
   config.model.dtype = 'float16'
   with pytest.raises(errors.ConfigError, match="model.dtype='float16' is unknown"):
     models.validate_config(config)

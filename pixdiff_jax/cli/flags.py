@@ -91,7 +91,7 @@ flags.DEFINE_integer('sample_seed', 0, 'Seed of the sampling RNG (sample mode).'
 flags.DEFINE_integer('chunk_images', 0,
                      'Sample mode writes its images in chunks of this many (whole batches) into '
                      'WORKDIR/samples/<name>.chunks/, so that an interrupted request resumes; '
-                     '0: as many as fit in 256 MB.')
+                     '0: 10,000, or as many as fit in 256 MB if fewer.')
 flags.DEFINE_float('max_npz_gb', 4.0,
                    'Sample mode assembles the chunks into <name>.npz when the images take at '
                    'most this many GB (uncompressed); larger requests keep the chunk folder as '

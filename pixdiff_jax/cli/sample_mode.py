@@ -18,12 +18,20 @@ import signal
 import sys
 
 from pixdiff_jax.cli.errors import check_writable_dir, UsageError
-from pixdiff_jax.cli.flags import FLAGS
 from pixdiff_jax.errors import WriteError
 
 DEFAULT_MAX_HOURS = 24.0
+# Automatic chunks: at most this much memory, and this many images (an interrupt loses at most
+# one chunk of work).
 AUTO_CHUNK_BYTES = 256 << 20
+AUTO_CHUNK_IMAGES = 10_000
 GRID_IMAGES = 100
+
+
+def _flags():
+  # Not at import: the helpers below are used without the command line's flags (tests).
+  from pixdiff_jax.cli.flags import FLAGS  # pylint: disable=g-import-not-at-top
+  return FLAGS
 
 
 def _gb(num_bytes: float) -> str:
@@ -74,7 +82,7 @@ def _name(config, settings: dict, sample_fn) -> str:
     default = f"distilled_K{st['network_calls']}"
   else:
     default = f"{st['sampler']}_S{sample_fn.network_evals}"
-  return FLAGS.sample_name or default
+  return _flags().sample_name or default
 
 
 def _unpack(steps: dict, workdir: str):
@@ -115,10 +123,11 @@ def _open_store(config, stored, workdir: str, n: int):
       f'{stage} step {step}' for stage, step in sample_fn.checkpoint_steps.items()),
         file=sys.stderr, flush=True)
   shape = (stored.data.image_size, stored.data.image_size, stored.data.num_channels)
-  chunk = FLAGS.chunk_images or max(batch, AUTO_CHUNK_BYTES // int(np.prod(shape)))
+  chunk = _flags().chunk_images or max(batch, min(AUTO_CHUNK_IMAGES,
+                                               AUTO_CHUNK_BYTES // int(np.prod(shape))))
   name = _name(config, settings, sample_fn)
   key = {'checkpoint_steps': sample_fn.checkpoint_steps, 'settings': sample_fn.settings,
-         'use_ema': bool(s.use_ema), 'seed': int(FLAGS.sample_seed)}
+         'use_ema': bool(s.use_ema), 'seed': int(_flags().sample_seed)}
   store = generate.ChunkStore(os.path.join(workdir, 'samples', f'{name}.chunks'), key,
                               num_images=n, batch_size=batch, chunk_images=chunk,
                               image_shape=shape)
@@ -138,7 +147,8 @@ def sample(config, workdir: str) -> dict:
   stored = config_lib.load_config(workdir)
   # The stored config defines the networks; the command line's config supplies the sampler.
   config_lib.check_compatible(stored, config)
-  n = FLAGS.num_samples
+  flags = _flags()
+  n = flags.num_samples
   if n < 1:
     raise UsageError(f'--num_samples must be >= 1, got {n}')
   out_dir = os.path.join(workdir, 'samples')
@@ -146,10 +156,10 @@ def sample(config, workdir: str) -> dict:
   sample_fn, variables, settings, name, store = _open_store(config, stored, workdir, n)
   todo = [c for c in range(store.num_chunks) if c not in store.done]
   image_bytes = n * int(np.prod(store.image_shape))
-  assemble = image_bytes <= FLAGS.max_npz_gb * 1e9
+  assemble = image_bytes <= flags.max_npz_gb * 1e9
   needed = sum(store.bytes_per_chunk(c) for c in todo) + (image_bytes if assemble else 0)
   check_disk(n=n, needed=needed, free=shutil.disk_usage(out_dir).free, where=out_dir,
-             yes=FLAGS.yes)
+             yes=flags.yes)
   if jax.process_index() == 0:
     note = store.prepare()
     if note:
@@ -158,10 +168,10 @@ def sample(config, workdir: str) -> dict:
        f'{store.num_chunks} chunks of {store.chunk_images} images ({_gb(image_bytes)}) in '
        f'{store.directory}' + (f'; resuming: {len(store.done)} chunks are already written'
                                if store.done else ''))
-  gen = generate.Generator(sample_fn, variables, seed=FLAGS.sample_seed,
+  gen = generate.Generator(sample_fn, variables, seed=flags.sample_seed,
                            image_shape=(store.batch_size,) + store.image_shape,
                            unpack=_unpack(sample_fn.checkpoint_steps, workdir))
-  run_chunks(gen, store, todo, max_hours=FLAGS.max_hours, yes=FLAGS.yes)
+  run_chunks(gen, store, todo, max_hours=flags.max_hours, yes=flags.yes)
   if jax.process_index() != 0:
     return {}
   npz_path = os.path.join(out_dir, f'{name}.npz')
