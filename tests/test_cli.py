@@ -94,7 +94,7 @@ def test_smoke_trains_resumes_and_samples(smoke_workdir):
   summary = json.loads(one.stdout)
   assert summary['network_evals'] == 1
   assert summary['checkpoint_steps'] == {'vae': 6, 'distill': 4}
-  assert summary['npz'].endswith('parallel_distilled_K1_eta0_x0_steps.npz')
+  assert summary['npz'].endswith('pixel_aware_distilled_K1_eta0_x0_steps.npz')
   bad = _main('--workdir', str(workdir), '--mode', 'sample', '--config.sampling.no_such=1')
   assert bad.returncode == 2 and 'Traceback' not in bad.stderr, bad.stderr[-2000:]
   bad_lines = [line for line in bad.stderr.splitlines() if line.startswith('error:')]
