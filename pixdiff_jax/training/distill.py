@@ -32,8 +32,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from pixdiff_jax import data, models
+from pixdiff_jax import data, models, sampling
 from pixdiff_jax.diffusion import samplers, students
+from pixdiff_jax.sampling import sample_fn as sample_lib
 from pixdiff_jax.training import checkpointing, distill_loss
 from pixdiff_jax.training.stages import TEACHER_STAGE, Stage, stage_key
 from pixdiff_jax.utils import distributed, progress
@@ -52,8 +53,6 @@ def get_teacher_fn(config: ml_collections.ConfigDict, batch_size: int
   """``teacher(variables, key) -> pairs`` for ``batch_size`` pairs (see the module docstring;
   the pairs' keys and shapes are those of ``training/distill_loss.py``). ``variables`` as
   ``get_sample_fn``'s: ``{'vae', 'reverse'}`` or ``{'model'}``."""
-  # pylint: disable-next=g-import-not-at-top  (sampling imports checkpointing)
-  from pixdiff_jax.sampling import sample_fn as sample_lib
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
   if config.method == 'ddpm':
     net = models.build_reverse_model(config)
@@ -298,8 +297,6 @@ def build_distill_stage(config: ml_collections.ConfigDict, workdir: str,
                         variables: dict[str, PyTree], identity: dict) -> Stage:
   """The distill stage: the student (the teacher's architecture) starts from the teacher's
   parameters ``variables`` (``teacher_variables``) and learns from the cached pairs."""
-  # pylint: disable-next=g-import-not-at-top  (sampling imports checkpointing)
-  from pixdiff_jax import sampling
   dd = config.distill
   student = 'model' if config.method == 'ddpm' else 'reverse'
   net = models.build_reverse_model(config)

@@ -1,5 +1,8 @@
-"""Training stages: which stages a config has (:func:`stages_for`), what each one trains
-(:func:`build_stage`) and the fixed randomness key of each (:func:`stage_key`).
+"""Training stages: which stages a config has (:func:`stages_for`), what a stage is
+(:class:`Stage`) and the fixed randomness key of each (:func:`stage_key`). The builders of each
+stage are beside this module (``builders.py``; the distill stage's in ``distill.py``); they sit
+apart because they build samplers for their snapshot grids, and sampling reads checkpoints,
+which needs the stage list (no import cycle).
 
 A :class:`Stage` holds what differs between the stages (the network's initial parameters, its
 loss, frozen inputs, a snapshot grid); ``training/loop.py`` runs any of them the same way.
@@ -11,9 +14,6 @@ from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
-
-from pixdiff_jax import models
-from pixdiff_jax.training import losses
 
 PyTree = Any
 LossFn = Callable[[PyTree, Any, jax.Array, PyTree], tuple[jax.Array, dict]]
@@ -73,51 +73,3 @@ class Stage:
   # The optimiser settings (None = config.optim) and the field that sets its learning rate.
   optim: ml_collections.ConfigDict | None = None
   lr_field: str = 'optim.lr'
-
-
-def teacher_sampler(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """``get_sample_fn`` overrides for a snapshot of the trained model (not its student): the
-  config's sampler, or, where its preset is a distilled one, the teacher's ('consistent')."""
-  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  if config.sampling.preset not in config_lib.DISTILLED_PRESETS:
-    return {}
-  if config.method == 'ddpm':
-    return {'preset': 'custom', 'distilled': False}
-  return {'preset': 'consistent', 'network_calls': int(config.diffusion.num_steps)}
-
-
-def build_stage(config: ml_collections.ConfigDict, name: str, *,
-                vae_params: PyTree = None) -> Stage:
-  """Builds stage ``name`` ('vae', 'reverse' or 'ddpm') from the config."""
-  # pylint: disable-next=g-import-not-at-top  (sampling imports checkpointing, which imports us)
-  from pixdiff_jax import sampling
-  if name == 'vae':
-    vae = models.build_vae(config)
-    loss = losses.get_vae_loss_fn(config, vae)
-
-    # jit: run eagerly, the decoder's ops were dispatched (and compiled) one by one (~9 s for the
-    # main job's VAE on 2 CPU cores; jitted, 4.4 s with its compilation).
-    snapshot = jax.jit(sampling.get_scale_prior_fn(config, vae, batch_size=16))
-    return Stage(name, config.training.vae_steps,
-                 init_params=lambda k: models.init_params(vae, config, k),
-                 loss_fn=lambda p, x, r, aux: loss(p, x, r, train=True),
-                 snapshot_fn=snapshot)
-  if name == 'reverse':
-    vae = models.build_vae(config)
-    net = models.build_reverse_model(config)
-    loss = losses.get_reverse_loss_fn(config, net, vae)
-    sample = sampling.get_sample_fn(config, batch_size=16, **teacher_sampler(config))
-    return Stage(name, config.training.reverse_steps,
-                 init_params=lambda k: models.init_params(net, config, k),
-                 loss_fn=lambda p, x, r, aux: loss(p, x, r, vae_params=aux, train=True),
-                 aux=vae_params,
-                 snapshot_fn=lambda p, r: sample({'vae': vae_params, 'reverse': p}, r))
-  if name == 'ddpm':
-    net = models.build_reverse_model(config)
-    loss = losses.get_ddpm_loss_fn(config, net)
-    sample = sampling.get_sample_fn(config, batch_size=16, **teacher_sampler(config))
-    return Stage(name, config.training.reverse_steps,
-                 init_params=lambda k: models.init_params(net, config, k),
-                 loss_fn=lambda p, x, r, aux: loss(p, x, r, train=True),
-                 snapshot_fn=lambda p, r: sample({'model': p}, r))
-  raise ValueError(f"unknown stage {name!r}; expected 'vae', 'reverse' or 'ddpm'")
