@@ -8,10 +8,11 @@ Sampling: the ``consistent`` preset with one network call per step. Data: the De
 ``dataset-fashion-mnist`` (28x28 padded to 32x32).
 
 Stage 3, ``distill`` (docs/design.md section 7): a one-pass student of the K = T ``consistent``
-sampler, from 8192 teacher pairs made once (measured: a pair costs several student steps, see
-docs/performance.md "Distillation pairs"), 1500 steps at batch 64 with Adam 1e-4 (the sizes of
-issue 22's check, which took head T from FD_efflite0 572.5 to 476.3); head 1 (the final image)
-weighted 5x, with one other random head per example. These sizes are not yet refitted to the 20-minute budget (issue 22, deliverable 4).
+sampler, from 8192 teacher pairs made once (measured, docs/performance.md "Distillation
+pairs": a batch of pairs costs 1.5-2.4 student steps), 1500 steps at batch 64 with Adam 1e-4
+(the sizes of issue 22's check, which took head T from FD_efflite0 572.5 to 476.3); head 1 (the
+final image) weighted 5x, with one other random head per example. These sizes are not yet
+refitted to the 20-minute budget (issue 22, deliverable 4).
 """
 from pixdiff_jax.config import sibling_config
 

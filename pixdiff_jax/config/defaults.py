@@ -219,7 +219,8 @@ def _eval() -> ml_collections.ConfigDict:
   # Comma-separated sampler settings (evaluation/settings.py, parse_setting); '' = the
   # method's default list: pixel-aware 'paper,consistent,x0_jump_K1,x0_jump_K2,x0_jump_K5,
   # x0_jump_KT,vae_prior'; DDPM 'ddpm,ddim_10,ddim_20,ddim_50,ddim_100,dpm_solver_10,
-  # dpm_solver_20'.
+  # dpm_solver_20'; both with 'distilled,distilled_K2' added when the workdir has a distill
+  # stage.
   ev.samplers = ''
   ev.num_samples = 2000         # images generated and scored per setting
   # Fewer samples for settings too slow for num_samples, 'name:n,...' (DDPM's 1000 steps on a

@@ -1,9 +1,7 @@
-"""Training stages: what each stage of a config (``config.stages_for``) trains
-(:func:`build_stage`) and the fixed randomness key of each (:func:`stage_key`).
-
-A :class:`Stage` holds what differs between the stages (the network's initial parameters, its
-loss, frozen inputs, a snapshot grid); ``training/loop.py`` runs any of them the same way.
-"""
+"""Training stages: what a stage is (:class:`Stage`) and the fixed randomness key of each
+(:func:`stage_key`). Which stages a config has is the config's decision (``config.stages_for``,
+re-exported here); the builders of each stage are in ``builders.py`` (the distill stage's in
+``distill.py``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,10 +10,8 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_collections
 
-from pixdiff_jax import models, sampling
 from pixdiff_jax.config.stages import (TEACHER_STAGE, has_distill_stage,  # noqa: F401
                                        stages_for)
-from pixdiff_jax.training import losses
 
 PyTree = Any
 LossFn = Callable[[PyTree, Any, jax.Array, PyTree], tuple[jax.Array, dict]]
@@ -32,8 +28,6 @@ STAGE_KEYS: dict[tuple[str, str], int] = {
     ('pixel_aware', 'distill'): 1001,
     ('ddpm', 'distill'): 1002,
 }
-
-
 def stage_key(config: ml_collections.ConfigDict, name: str) -> jax.Array:
   """The PRNG key of stage ``name`` (see ``STAGE_KEYS``)."""
   try:
@@ -62,49 +56,3 @@ class Stage:
   # The optimiser settings (None = config.optim) and the field that sets its learning rate.
   optim: ml_collections.ConfigDict | None = None
   lr_field: str = 'optim.lr'
-
-
-def teacher_sampler(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """``get_sample_fn`` overrides for a snapshot of the trained model (not its student): the
-  config's sampler, or, where its preset is a distilled one, the teacher's ('consistent')."""
-  from pixdiff_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  if config.sampling.preset not in config_lib.DISTILLED_PRESETS:
-    return {}
-  if config.method == 'ddpm':
-    return {'preset': 'custom', 'distilled': False}
-  return {'preset': 'consistent', 'network_calls': int(config.diffusion.num_steps)}
-
-
-def build_stage(config: ml_collections.ConfigDict, name: str, *,
-                vae_params: PyTree = None) -> Stage:
-  """Builds stage ``name`` ('vae', 'reverse' or 'ddpm') from the config."""
-  if name == 'vae':
-    vae = models.build_vae(config)
-    loss = losses.get_vae_loss_fn(config, vae)
-
-    # jit: run eagerly, the decoder's ops were dispatched (and compiled) one by one (~9 s for the
-    # main job's VAE on 2 CPU cores; jitted, 4.4 s with its compilation).
-    snapshot = jax.jit(sampling.get_scale_prior_fn(config, vae, batch_size=16))
-    return Stage(name, config.training.vae_steps,
-                 init_params=lambda k: models.init_params(vae, config, k),
-                 loss_fn=lambda p, x, r, aux: loss(p, x, r, train=True),
-                 snapshot_fn=snapshot)
-  if name == 'reverse':
-    vae = models.build_vae(config)
-    net = models.build_reverse_model(config)
-    loss = losses.get_reverse_loss_fn(config, net, vae)
-    sample = sampling.get_sample_fn(config, batch_size=16, **teacher_sampler(config))
-    return Stage(name, config.training.reverse_steps,
-                 init_params=lambda k: models.init_params(net, config, k),
-                 loss_fn=lambda p, x, r, aux: loss(p, x, r, vae_params=aux, train=True),
-                 aux=vae_params,
-                 snapshot_fn=lambda p, r: sample({'vae': vae_params, 'reverse': p}, r))
-  if name == 'ddpm':
-    net = models.build_reverse_model(config)
-    loss = losses.get_ddpm_loss_fn(config, net)
-    sample = sampling.get_sample_fn(config, batch_size=16, **teacher_sampler(config))
-    return Stage(name, config.training.reverse_steps,
-                 init_params=lambda k: models.init_params(net, config, k),
-                 loss_fn=lambda p, x, r, aux: loss(p, x, r, train=True),
-                 snapshot_fn=lambda p, r: sample({'model': p}, r))
-  raise ValueError(f"unknown stage {name!r}; expected 'vae', 'reverse' or 'ddpm'")

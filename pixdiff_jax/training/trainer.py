@@ -6,7 +6,8 @@ Design (docs/design.md section 6). The pieces live beside this module and are re
 * ``steps``: :func:`get_train_step` (a pure single-device step) and :func:`get_p_train_step`
   (``jax.pmap`` over local devices, ``lax.scan`` over ``training.steps_per_dispatch`` steps,
   ``lax.pmean`` of gradients and metrics, donated state);
-* ``stages``: which stages a config has, what each trains (:func:`build_stage`) and its key;
+* ``stages``: which stages a config has, what a stage is, its key; ``builders``: what each
+  trains (:func:`build_stage`; the distill stage's: ``distill``);
 * ``loop``: one stage's run (:func:`train_stage`): resume, the step loop, divergence stop,
   metrics, checkpoints, snapshots, the interrupt checkpoint.
 
@@ -29,8 +30,9 @@ from pixdiff_jax.storage import checkpointing
 from pixdiff_jax.training import distill
 from pixdiff_jax.training.loop import (Hook, StageRun, TrainingDivergedError,  # noqa: F401
                                        TrainingInterrupted, _Interrupt, train_stage)
-from pixdiff_jax.training.stages import (TEACHER_STAGE, Stage, build_stage,  # noqa: F401
-                                         stage_key, stages_for)
+from pixdiff_jax.training.builders import build_stage  # noqa: F401
+from pixdiff_jax.training.stages import (TEACHER_STAGE, Stage, stage_key,  # noqa: F401
+                                         stages_for)
 from pixdiff_jax.training.steps import (AXIS, get_p_train_step, get_train_step,  # noqa: F401
                                         replicate_for_step)
 from pixdiff_jax.utils import distributed, metric_writer
