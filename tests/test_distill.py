@@ -242,7 +242,7 @@ def test_a_changed_teacher_or_pair_settings_is_refused(tmp_path):
 
 def test_eval_lists_the_distilled_settings_when_the_workdir_has_the_stage():
   config = config_lib.load_config_file(os.path.join(ROOT, 'configs', 'smoke.py'))
-  ev = evaluation.default_eval_config()
+  ev = config_lib.default_eval_config()
   names = lambda **kw: [s.name for s in evaluation.settings_for(config, ev, **kw)]
   assert 'distilled' not in names()
   assert names(distilled=True)[-2:] == ['distilled', 'distilled_K2']
