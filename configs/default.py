@@ -110,6 +110,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Stop (exit 2) after this many consecutive updates with non-finite gradients (each one is
   # skipped); a checkpoint is only written while the parameters are finite.
   training.max_skipped_updates = 10
+  # Device memory (GiB per device) the train step must fit in, checked against XLA's plan when
+  # each stage's step compiles (one error line naming the fields to change if it does not).
+  # 0 = what JAX reports (GPU/TPU: memory_stats()['bytes_limit']; CPU: host memory / devices);
+  # > 0 = this limit, e.g. to check a config for a smaller card.
+  training.memory_limit_gib = 0.0
 
   # ---------------------------------------------------------------- optimiser
   optim = config.optim = ml_collections.ConfigDict()

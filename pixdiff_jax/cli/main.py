@@ -17,8 +17,13 @@ from pixdiff_jax.cli.flags import FLAGS, parse_flags
 
 
 def _info(config) -> dict:
+  """Parameter counts and (unless --nomemory_plan) each stage's compiled memory plan."""
   from pixdiff_jax import models  # pylint: disable=g-import-not-at-top
-  return models.count_params(config)
+  info = models.count_params(config)
+  if FLAGS.memory_plan:
+    from pixdiff_jax.training import memory  # pylint: disable=g-import-not-at-top
+    info.update(memory.plan_stages(config))
+  return info
 
 
 class _QuietLibraries(std_logging.Filter):

@@ -91,6 +91,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'training.{field} must be >= 1, got {t[field]!r}')
   if int(t.get('max_skipped_updates', 1)) < 1:
     raise ValueError(f'training.max_skipped_updates must be >= 1, got {t.max_skipped_updates!r}')
+  if not float(t.get('memory_limit_gib', 0.0)) >= 0:
+    raise ValueError(f'training.memory_limit_gib must be >= 0 (0 = the device\'s own memory), '
+                     f'got {t.memory_limit_gib!r}')
   n_dev = jax.device_count()
   if t.batch_size % n_dev:
     raise ValueError(

@@ -30,7 +30,7 @@ import optax
 from absl import logging
 
 from pixdiff_jax import config as config_lib, data, models, sampling
-from pixdiff_jax.training import checkpointing, losses
+from pixdiff_jax.training import checkpointing, losses, memory
 from pixdiff_jax.utils import distributed, image_grid, metric_writer, progress
 from pixdiff_jax.training.state import (TrainState, create_train_state, ema_decay_at,
                                         make_optimizer, num_consecutive_skipped,
@@ -297,8 +297,9 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
     ckpt.close()
     return state
 
-  p_train_step = get_p_train_step(stage.loss_fn, tx, ema_decay=t.ema_decay,
-                                  ema_warmup=t.ema_warmup)
+  # Compiled ahead of time at the first call; a step that cannot fit the device is one error.
+  p_train_step = memory.FitCheckedStep(get_p_train_step(
+      stage.loss_fn, tx, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup), config, stage.name)
   p_state = replicate_for_step(state)
   p_aux = replicate_for_step(stage.aux)
   batches = data.get_batch_iterator(config, start_step=start, source=source)
