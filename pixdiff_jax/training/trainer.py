@@ -31,7 +31,7 @@ from absl import logging
 
 from pixdiff_jax import config as config_lib, data, models, sampling
 from pixdiff_jax.training import checkpointing, losses, memory
-from pixdiff_jax.utils import distributed, image_grid, metric_writer, progress
+from pixdiff_jax.utils import distributed, eta, image_grid, metric_writer, progress
 from pixdiff_jax.training.state import (TrainState, create_train_state, ema_decay_at,
                                         make_optimizer, num_consecutive_skipped,
                                         num_skipped_updates, update_ema)
@@ -309,6 +309,8 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
   pbar = progress.progress(total=stage.num_steps, initial=start, desc=f'train {stage.name}',
                            every=t.log_every, disable=not is_main)
   last_time, last_step = time.perf_counter(), step
+  clock = eta.StageClock(stage.name, start=start, total=stage.num_steps,
+                         batch_size=t.batch_size, quiet=not is_main)
 
   def last_good() -> str:
     if good_step is None:
@@ -348,6 +350,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage, *
         done = step >= stage.num_steps
         # One scalar per dispatch: consecutive skipped (non-finite) updates.
         skipped = int(jax.device_get(num_consecutive_skipped(p_state.opt_state))[0])
+        clock.update(step)  # the step's result is on the host: logs the projected time once
         if skipped >= max_skipped:
           raise diverged(f'{skipped} consecutive updates had non-finite gradients and were '
                          f'skipped (training.max_skipped_updates={max_skipped})')
