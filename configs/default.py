@@ -74,7 +74,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   vae.num_groups = 8
   vae.kl_weight = 1e-3
   vae.loss_space = 'scale'      # MSE on x_delta (docs/design.md 2) | 'x0': on the implied image
-  # Compute dtype: 'float32' | 'bfloat16' (accelerators; parameters, loss stay float32).
+  # Compute dtype: 'float32' | 'bfloat16' (accelerators; parameters, optimiser state and loss
+  # stay float32; on the CPU bfloat16 is slower, and the command line says so).
   vae.dtype = 'float32'
 
   # ---------------------------------------------------------------- reverse model R

@@ -26,6 +26,14 @@ def _info(config) -> dict:
   return info
 
 
+def _note_dtype(config) -> None:
+  """One line on stderr when a bfloat16 compute dtype is asked for on the CPU."""
+  from pixdiff_jax import models  # pylint: disable=g-import-not-at-top
+  note = models.bfloat16_on_cpu_note(config)
+  if note:
+    print(f'note: {note}', file=sys.stderr, flush=True)
+
+
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter of Orbax, JAX and TFDS internals (e.g. JAX's "Unable to initialize
   backend 'tpu'" on every machine without a TPU); their warnings and errors still show."""
@@ -119,6 +127,8 @@ def main(argv):
                                         compare_out=FLAGS.compare_out), indent=2))
       return
     config = _config_for(FLAGS.mode, FLAGS.workdir)
+    if FLAGS.mode not in ('train', 'sample'):  # those after joining a distributed job, which
+      _note_dtype(config)                      # must precede any use of JAX's backends
     if FLAGS.mode in ('eval', 'figures'):
       from pixdiff_jax.cli import analysis as analysis_cli  # pylint: disable=g-import-not-at-top
       print(json.dumps(analysis_cli.run(FLAGS.mode, config, workdir=FLAGS.workdir,
@@ -128,6 +138,7 @@ def main(argv):
       print(json.dumps(_info(config), indent=2))
       return
     _start_distributed()
+    _note_dtype(config)
     if FLAGS.mode == 'train':
       from pixdiff_jax.training import trainer  # pylint: disable=g-import-not-at-top
       stages = None if FLAGS.stage == 'all' else [FLAGS.stage]
