@@ -1,16 +1,25 @@
-"""training.memory: the one-line error of a train step that cannot fit the device."""
+"""training.memory: XLA's memory plan per stage (``--mode info``), the README's per-card promise
+for the paper configs, and the one-line error of a step that cannot fit the device."""
+import json
 import pathlib
+import re
+import subprocess
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from cli_testutil import FMNIST, error_lines, run_main
+from cli_testutil import FMNIST, error_lines, main_cmd, main_env, run_main
 from pixdiff_jax import config as config_lib
 from pixdiff_jax.training import memory
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIB = 2.0 ** 30
+# What a card of each size lets JAX use (README, GPU section): its memory in GiB (the smallest
+# cards of the size: 79.6 GiB H100 80GB, 39.4 GiB A100 40GB, 22.5 GiB L4 / A10) times JAX's
+# default preallocation of 75%, or the fraction the README's override sets.
+CARD_GIB = {80: 79.6, 40: 39.4, 24: 22.5}
+DEFAULT_FRACTION = 0.75
 
 
 def _smoke(**training):
@@ -96,3 +105,43 @@ def test_training_that_cannot_fit_ends_in_one_error_line(tmp_path):
   assert 'training.batch_size (now 8 over 1 device(s)' in err[0]
   assert not (tmp_path / 'w' / 'checkpoints' / 'vae').exists() or not any(
       (tmp_path / 'w' / 'checkpoints' / 'vae').iterdir())
+
+
+# ---------------------------------------------------------------------------- paper configs
+def _readme_memory_rows():
+  """``{(config, stage): (stated GiB, [(card GB, fraction)])}`` from the README's GPU table."""
+  readme = (ROOT / 'README.md').read_text()
+  rows = {}
+  for name, stage, gib, cards in re.findall(
+      r'^\| `configs/(\w+)\.py` \| (\w+) \| ([\d.]+) \| (.+?) \|$', readme, re.M):
+    claims = []
+    for part in cards.split(';'):
+      fraction = re.search(r'XLA_PYTHON_CLIENT_MEM_FRACTION=([\d.]+)', part)
+      for size in re.findall(r'\b(24|40|80) GB', part):
+        claims.append((int(size), float(fraction.group(1)) if fraction else DEFAULT_FRACTION))
+    rows[(name, stage)] = (float(gib), claims)
+  return rows
+
+
+def test_paper_config_plans_keep_the_readme_promise():
+  """``main.py --config configs/NAME.py --mode info`` for both paper configs (one CPU device, as
+  a user runs it; the two processes side by side): each stage's plan is the README's number
+  (+-3%) and fits every card size the README names for it."""
+  procs = {name: subprocess.Popen(main_cmd('--config', f'configs/{name}.py', '--mode', 'info'),
+                                  cwd=ROOT, env=main_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+           for name in ('cifar10', 'celeba')}
+  rows = _readme_memory_rows()
+  for name, proc in procs.items():
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-2000:]
+    info = json.loads(out)
+    assert info['memory_plan']['backend'] == 'cpu'
+    assert info['memory_plan']['batch_per_device'] == (128 if name == 'cifar10' else 16)
+    assert set(info['memory_gib']) == {'vae', 'reverse'}
+    for stage, gib in info['memory_gib'].items():
+      stated, claims = rows[(name, stage)]
+      assert abs(gib - stated) <= 0.03 * stated, (name, stage, gib, stated)
+      assert {size for size, _ in claims} == {24, 40, 80}, (name, stage, claims)
+      for size, fraction in claims:
+        assert gib <= CARD_GIB[size] * fraction, (name, stage, gib, size, fraction)
