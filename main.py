@@ -8,7 +8,8 @@ Modes (--mode), one example each:
   sample  generate images with the networks of a workdir (its stored config.json):
             python main.py --mode sample --workdir runs/fmnist --num_samples 64
             python main.py --mode sample --config.sampling.preset=distilled   # one call
-  info    parameter counts of a config's networks, without building them:
+  info    parameter counts of a config's networks, and XLA's memory plan of each stage's train
+          step compiled for this machine (nothing runs; --nomemory_plan: counts only):
             python main.py --mode info --config configs/cifar10.py
   eval    sample quality (FD_efflite0, FID), cost and speed of sampler settings (config.eval):
             python main.py --mode eval --workdir runs/fmnist --config.eval.num_samples=2000

@@ -12,6 +12,32 @@ from typing import Any, Callable, Sequence
 import jax
 
 
+# Dense (no sparsity) matrix peaks in TFLOP/s by the vendors' datasheets, first match of the
+# device kind wins (so 'A100' before 'A10'). 'float32' is the TF32 tensor-core peak: under JAX's
+# default matmul precision XLA runs float32 convolutions and matmuls on TF32 tensor cores on
+# these cards (the H200's one-head CIFAR-10 step reached 106 TFLOP/s in float32, above the 67
+# TFLOP/s of its non-tensor FP32 units).
+PEAK_TFLOPS = (
+    ('H100 PCIe', {'bfloat16': 756.0, 'float32': 378.0}),
+    ('H100', {'bfloat16': 989.4, 'float32': 494.7}),
+    ('H200', {'bfloat16': 989.4, 'float32': 494.7}),
+    ('A100', {'bfloat16': 312.0, 'float32': 156.0}),
+    ('L40S', {'bfloat16': 362.0, 'float32': 183.0}),
+    ('A10', {'bfloat16': 125.0, 'float32': 62.5}),
+    ('L4', {'bfloat16': 121.0, 'float32': 60.0}),
+    ('RTX 4090', {'bfloat16': 165.2, 'float32': 82.6}),
+    ('RTX 3090', {'bfloat16': 71.0, 'float32': 35.6}),
+)
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+  """The card's dense matrix peak for a compute dtype (``PEAK_TFLOPS``), None if unknown."""
+  for name, peaks in PEAK_TFLOPS:
+    if name in device_kind:
+      return peaks.get(dtype)
+  return None
+
+
 def device_name() -> str:
   """E.g. ``'gpu: NVIDIA H100 80GB HBM3 x1'`` or ``'cpu: cpu x1'``."""
   devs = jax.local_devices()

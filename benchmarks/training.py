@@ -15,7 +15,11 @@ XLA compile, no persistent cache), ``gflop_per_step`` (XLA's ``compiled.cost_ana
 reported only for one step per dispatch, as XLA counts a scanned body once), ``gflops_per_second``
 achieved, ``xla_memory_gib`` (XLA's plan for one dispatch: arguments + outputs + temporaries),
 ``peak_memory_gib`` (process peak so far: device ``peak_bytes_in_use`` on an accelerator, host
-peak RSS on the CPU) and ``ratio_to_baseline`` (the stage's seconds per step over the
+peak RSS on the CPU), ``model_gflop_per_step`` (the matrix FLOPs of the step counted on its jaxpr,
+``pixdiff_jax.utils.flops``: the same on every backend, where XLA's GPU count misses the cuDNN
+convolutions), ``model_tflops_per_second``, ``mfu`` (those over the card's dense matrix peak for
+the compute dtype, ``bench_util.PEAK_TFLOPS``; float32 = TF32 tensor cores) and
+``ratio_to_baseline`` (the stage's seconds per step over the
 baseline's). ``--config.model.dtype=bfloat16 --config.vae.dtype=bfloat16`` computes in bfloat16
 with float32 parameters, optimiser and loss. Prints a Markdown table; ``--out`` gets a JSON list
 (rewritten after every stage, so a run stopped early keeps what it measured).
@@ -36,6 +40,7 @@ import bench_util
 from pixdiff_jax import config as config_lib, models
 from pixdiff_jax.training import trainer
 from pixdiff_jax.training.state import create_train_state, make_optimizer
+from pixdiff_jax.utils import flops as flops_lib
 
 config_flags.DEFINE_config_file('config', None, 'pixel-aware config file (configs/*.py)',
                                 lock_config=True)
@@ -46,7 +51,8 @@ flags.DEFINE_list('stages', ['vae', 'reverse', 'baseline'], 'stages to measure, 
 FLAGS = flags.FLAGS
 
 COLUMNS = ('stage', 'dtype', 'seconds_per_step', 'images_per_second', 'compile_seconds',
-           'gflop_per_step', 'gflops_per_second', 'xla_memory_gib', 'peak_memory_gib',
+           'gflop_per_step', 'gflops_per_second', 'model_gflop_per_step',
+           'model_tflops_per_second', 'mfu', 'xla_memory_gib', 'peak_memory_gib',
            'ratio_to_baseline')
 STAGES = ('vae', 'reverse', 'baseline')
 GIB = 2.0 ** 30
@@ -62,7 +68,8 @@ def random_batch(config, rng: np.random.Generator) -> np.ndarray:
   return rng.uniform(lo, 1.0, shape).astype(np.float32)
 
 
-def measure_stage(config, stage: trainer.Stage, params, num_dispatches: int) -> dict:
+def measure_stage(config, stage: trainer.Stage, params, num_dispatches: int,
+                  dtype: str = 'float32') -> dict:
   """Compiles and times ``stage``'s train step from ``params``; returns its row."""
   t = config.training
   tx = make_optimizer(config.optim)
@@ -73,6 +80,9 @@ def measure_stage(config, stage: trainer.Stage, params, num_dispatches: int) -> 
                                    ema_warmup=t.ema_warmup)
   block = random_batch(config, np.random.default_rng(0))
   key = jax.random.PRNGKey(1)
+  # Matrix FLOPs of one step on one device (traced only; pmap's body is one device's program;
+  # a scanned block counts every step).
+  model_flop = flops_lib.matmul_flops(step_fn, p_state, block, key, p_aux) / t.steps_per_dispatch
   compiled, compile_s = bench_util.compile_timed(step_fn, p_state, block, key, p_aux)
   p_state, metrics = compiled(p_state, block, key, p_aux)  # warm-up
   jax.block_until_ready(metrics)
@@ -87,10 +97,15 @@ def measure_stage(config, stage: trainer.Stage, params, num_dispatches: int) -> 
   flop = bench_util.flops(compiled) if k == 1 else None
   mem = bench_util.xla_memory_bytes(compiled)
   loss = float(np.asarray(metrics['loss']).ravel()[0])
+  per_device_tflops = model_flop / sec / 1e12
+  peak = bench_util.peak_tflops(jax.local_devices()[0].device_kind, dtype)
   row = {'stage': stage.name, 'seconds_per_step': sec, 'images_per_second': t.batch_size / sec,
          'compile_seconds': compile_s,
          'gflop_per_step': None if flop is None else flop / 1e9,
          'gflops_per_second': None if flop is None else flop / 1e9 / sec,
+         'model_gflop_per_step': model_flop / 1e9,
+         'model_tflops_per_second': per_device_tflops,
+         'mfu': None if peak is None else per_device_tflops / peak,
          'xla_memory_gib': None if mem is None else mem / GIB,
          'peak_memory_gib': bench_util.peak_memory_bytes() / GIB,
          'batch_size': t.batch_size, 'steps_per_dispatch': k, 'loss_finite': bool(np.isfinite(loss))}
@@ -128,15 +143,16 @@ def main(_):
       cfg = config
       params = (vae_params if name == 'vae' else
                 models.random_params(models.build_reverse_model(cfg), cfg, seed=1))
+    net = 'vae' if name == 'vae' else 'model'
     try:
-      row = measure_stage(cfg, stage, params, FLAGS.steps)
+      row = measure_stage(cfg, stage, params, FLAGS.steps,
+                          dtype=cfg[net].get('dtype', 'float32'))
     except Exception as err:  # pylint: disable=broad-except  (e.g. out of device memory)
       # One line, then the other stages: a time-boxed GPU run should not lose them.
       print(f'error: stage {name} failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}',
             file=sys.stderr, flush=True)
       failed.append(name)
       continue
-    net = 'vae' if name == 'vae' else 'model'
     row.update(dtype=cfg[net].get('dtype', 'float32'), num_steps=config.diffusion.num_steps,
                device=device)
     rows.append(row)

@@ -3,6 +3,8 @@
 T = 500, gamma = 50, Adam lr 2e-4, batch 16, 1.5M iterations per stage. Networks sized to the
 paper's parameter counts (VAE 61.3M, reverse model 84.2M); ``python main.py --config
 configs/celeba.py --mode info`` prints ours: VAE 61.180M, reverse model 80.354M.
+Fits an 80 GB or 40 GB card as it is (XLA's CPU plans: VAE 6.3 GiB, reverse 20.1 GiB); a 24 GB
+card with the README's override.
 Data: CelebA's ``img_align_celeba.zip`` or the folder it unpacks to (``--config.data.path=``),
 read without TensorFlow, or a prepared TFDS dataset with ``--config.data.dataset=tfds:celeb_a``;
 either way centre-cropped to 140x140 and resized to 128x128 (``data.center_crop``).
@@ -22,6 +24,10 @@ def get_config():
 
   config.diffusion.num_steps = 500
   config.diffusion.gamma = 50.0
+  # Heads on demand (as configs/cifar10.py): the reverse train step's XLA plan at batch 16,
+  # compiled on the CPU, is 20.1 GiB with two heads per example; every one of the 500 heads
+  # ([16, 500, 128, 128, 16] float32 = 2.1 GB per activation tensor) would need several times that.
+  config.diffusion.heads_per_example = 2
 
   # Scale estimator G: 128 -> 4x4 bottleneck (5 downsamplings), 4*4*384 -> latent 1024.
   config.vae.ch = 96

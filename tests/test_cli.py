@@ -135,7 +135,7 @@ def test_example_sample_from_jax(smoke_workdir):
 
 def test_defaults_are_the_main_job(tmp_path):
   """No --config / --workdir: configs/fashion_mnist.py into runs/fmnist (of the working dir)."""
-  info = _main('--mode', 'info')
+  info = _main('--mode', 'info', '--nomemory_plan')  # (tests/test_memory_plan.py: the plan)
   assert info.returncode == 0, info.stderr[-2000:]
   assert json.loads(info.stdout)['vae'] == 295_569  # configs/fashion_mnist.py (README)
   # Train mode, stopped early by a missing dataset: the workdir would be ./runs/fmnist, but a run
@@ -178,7 +178,8 @@ def test_config_errors_are_one_clear_line(tmp_path, override, message):
 
 
 def test_info_prints_parameter_counts():
-  run = _main('--config', 'configs/smoke.py', '--mode', 'info')
+  # --nomemory_plan: counts only (the compiled plans: tests/test_memory_plan.py).
+  run = _main('--config', 'configs/smoke.py', '--mode', 'info', '--nomemory_plan')
   assert run.returncode == 0, run.stderr[-2000:]
   counts = json.loads(run.stdout)
   assert set(counts) == {'vae', 'reverse_model', 'total'}

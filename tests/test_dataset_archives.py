@@ -225,3 +225,20 @@ def test_configs_read_the_archives_without_tensorflow():
   assert ddpm.data == c10.data and ddpm.method == 'ddpm'
   for field in ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout'):
     assert ddpm.model[field] == c10.model[field], field
+
+
+def test_cifar10_writer_round_trip_and_eval_reference(tmp_path):
+  """write_cifar10 (benchmarks/gpu_e2e.sh's data) reads back exactly; --mode eval's reference
+  split of a cifar10 workdir is read through its data config."""
+  from pixdiff_jax import metrics  # pylint: disable=g-import-not-at-top
+  train, test = _random_u8((12, 32, 32, 3), 1), _random_u8((5, 32, 32, 3), 2)
+  path = cifar10_archive.write_cifar10(tmp_path / 'c.tar.gz', train, test)
+  np.testing.assert_array_equal(cifar10_archive.read_cifar10(path, 'train', md5=''), train)
+  np.testing.assert_array_equal(cifar10_archive.read_cifar10(path, 'test', md5=''), test)
+  config = _cifar_config(path, '')
+  np.testing.assert_array_equal(
+      metrics.load_split('cifar10', 'test', data_config=config.data), test)
+  np.testing.assert_array_equal(
+      metrics.load_split('cifar10', 'train', max_examples=3, data_config=config.data), train[:3])
+  with pytest.raises(ValueError, match='data_config'):
+    metrics.load_split('cifar10', 'test')

@@ -84,6 +84,10 @@ flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'info', 'eval', 'compare'
 flags.DEFINE_enum('stage', 'all', ['all', 'vae', 'reverse', 'ddpm', 'distill'],
                   'Which training stage(s) to run (train mode). distill: the one-pass student '
                   '(distill.steps > 0), after a finished reverse (or ddpm) stage.')
+flags.DEFINE_bool('memory_plan', True,
+                  "Info mode: also compile each stage's train step for this machine's backend "
+                  "(nothing runs) and print XLA's memory plan per device (memory_gib); "
+                  '--nomemory_plan prints the parameter counts only.')
 flags.DEFINE_integer('num_samples', 64, 'Number of images to generate (sample mode).')
 flags.DEFINE_string('sample_name', None,
                     'Base name of WORKDIR/samples/<name>.npz/.png (default: from the sampler).')

@@ -17,8 +17,21 @@ from pixdiff_jax.errors import UserError, write_failure_reason
 
 
 def _info(config) -> dict:
+  """Parameter counts and (unless --nomemory_plan) each stage's compiled memory plan."""
   from pixdiff_jax import models  # pylint: disable=g-import-not-at-top
-  return models.count_params(config)
+  info = models.count_params(config)
+  if FLAGS.memory_plan:
+    from pixdiff_jax.training import memory  # pylint: disable=g-import-not-at-top
+    info.update(memory.plan_stages(config))
+  return info
+
+
+def _note_dtype(config) -> None:
+  """One line on stderr when a bfloat16 compute dtype is asked for on the CPU."""
+  from pixdiff_jax import models  # pylint: disable=g-import-not-at-top
+  note = models.bfloat16_on_cpu_note(config)
+  if note:
+    print(f'note: {note}', file=sys.stderr, flush=True)
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -113,6 +126,8 @@ def main(argv):
                                         compare_out=FLAGS.compare_out), indent=2))
       return
     config = _config_for(FLAGS.mode, FLAGS.workdir)
+    if FLAGS.mode not in ('train', 'sample'):  # those after joining a distributed job, which
+      _note_dtype(config)                      # must precede any use of JAX's backends
     if FLAGS.mode in ('eval', 'figures'):
       from pixdiff_jax.cli import analysis as analysis_cli  # pylint: disable=g-import-not-at-top
       print(json.dumps(analysis_cli.run(FLAGS.mode, config, workdir=FLAGS.workdir,
@@ -122,6 +137,7 @@ def main(argv):
       print(json.dumps(_info(config), indent=2))
       return
     _start_distributed()
+    _note_dtype(config)
     if FLAGS.mode == 'train':
       train_mode.train(config, FLAGS.workdir, FLAGS.stage)
       report_lib.report(f'training finished; {FLAGS.workdir} holds:',

@@ -113,6 +113,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'optim.lr must be > 0, got {config.optim.lr}')
   if config.method == 'pixel_aware' and not float(config.vae.kl_weight) >= 0:
     raise ConfigError(f'vae.kl_weight={float(config.vae.kl_weight)} must be >= 0')
+  if not float(t.get('memory_limit_gib', 0.0)) >= 0:
+    raise ConfigError(f'training.memory_limit_gib must be >= 0 (0 = the device\'s own memory), '
+                      f'got {t.memory_limit_gib!r}')
   n_dev = jax.device_count()
   if t.batch_size % n_dev:
     raise ConfigError(

@@ -98,7 +98,8 @@ def _vae() -> ml_collections.ConfigDict:
   vae.num_groups = 8
   vae.kl_weight = 1e-3
   vae.loss_space = 'scale'      # MSE on x_delta (docs/design.md 2) | 'x0': on the implied image
-  # Compute dtype: 'float32' | 'bfloat16' (accelerators; parameters, loss stay float32).
+  # Compute dtype: 'float32' | 'bfloat16' (accelerators; parameters, optimiser state and loss
+  # stay float32; on the CPU bfloat16 is slower, and the command line says so).
   vae.dtype = 'float32'
   return vae
 
@@ -141,6 +142,11 @@ def _training() -> ml_collections.ConfigDict:
   # Stop (exit 2) after this many consecutive updates with non-finite gradients (each one is
   # skipped); a checkpoint is only written while the parameters are finite.
   training.max_skipped_updates = 10
+  # Device memory (GiB per device) the train step must fit in, checked against XLA's plan when
+  # each stage's step compiles (one error line naming the fields to change if it does not).
+  # 0 = what JAX reports (GPU/TPU: memory_stats()['bytes_limit']; CPU: host memory / devices);
+  # > 0 = this limit, e.g. to check a config for a smaller card.
+  training.memory_limit_gib = 0.0
   return training
 
 

@@ -26,7 +26,7 @@ from jaxtyping import UInt8
 from pixdiff_jax.errors import ConfigError, InputError, NotFoundError
 
 __all__ = ['CIFAR10_URL', 'CIFAR10_MD5', 'SPLIT_MEMBERS', 'ArchiveError', 'read_cifar10',
-           'file_md5', 'download']
+           'write_cifar10', 'file_md5', 'download']
 
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 CIFAR10_MD5 = 'c58f30108f718f92721af3b95e74349a'
@@ -134,6 +134,32 @@ def read_cifar10(path: str | os.PathLike, split: str = 'train', *,
     raise ArchiveError(f'{path}: not a readable .tar.gz ({e})') from e
   images = np.concatenate(parts)
   return images[:max_examples] if max_examples > 0 else images
+
+
+def write_cifar10(path: str | os.PathLike, train: np.ndarray, test: np.ndarray) -> pathlib.Path:
+  """Writes images in the archive's format (``read_cifar10`` reads them back, with ``md5=''``).
+
+  ``train`` (``uint8 [N, 32, 32, 3]``) is split over the five ``data_batch_*`` members (in
+  order), ``test`` (``uint8 [M, 32, 32, 3]``) goes to ``test_batch``; labels are 0. For data
+  that travels with a working tree (benchmarks/gpu_e2e.sh).
+  """
+  path = pathlib.Path(path).expanduser()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  splits = {'train': np.array_split(np.asarray(train, np.uint8), len(SPLIT_MEMBERS['train'])),
+            'test': [np.asarray(test, np.uint8)]}
+  with tarfile.open(path, 'w:gz') as tar:
+    for split, members in SPLIT_MEMBERS.items():
+      for member, hwc in zip(members, splits[split]):
+        if hwc.ndim != 4 or hwc.shape[1:] != (_SIDE, _SIDE, _CHANNELS):
+          raise ValueError(f'{split} images must be uint8 [N, 32, 32, 3], got {hwc.shape}')
+        batch = {b'batch_label': member.encode(), b'labels': [0] * len(hwc),
+                 b'data': hwc.transpose(0, 3, 1, 2).reshape(len(hwc), -1),
+                 b'filenames': [f'{i}.png'.encode() for i in range(len(hwc))]}
+        raw = pickle.dumps(batch, protocol=2)
+        info = tarfile.TarInfo(member)
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+  return path
 
 
 def download(path: str | os.PathLike, *, url: str = CIFAR10_URL,

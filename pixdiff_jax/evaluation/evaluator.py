@@ -66,6 +66,8 @@ class Scorer:
     d = self.config.data
     self._data = dict(dataset=str(d.dataset), path=str(d.get('path', '')),
                       max_examples=int(ev.reference_max_examples))
+    if self._data['dataset'] not in self.metrics.REFERENCE_DATASETS:  # e.g. cifar10, celeba
+      self._data['data_config'] = d
 
   def describe(self) -> dict:
     return {k: {'name': ex.name, 'dim': int(ex.dim), 'weights_hash': ex.weights_hash}
@@ -73,7 +75,7 @@ class Scorer:
 
   def reference_info(self) -> dict:
     return {'dataset': self._data['dataset'], 'split': str(self.ev.reference_split),
-            'max_examples': self._data['max_examples']}
+            'max_examples': self._data['max_examples']}  # (data_config: the workdir's own)
 
   def reference(self, key):
     """(mu, sigma) of every image of the reference split for extractor ``key``."""

@@ -30,19 +30,30 @@ from pixdiff_jax.metrics.weights import atomic_savez, cache_dir
 __all__ = ['load_split', 'cached_stats', 'reference_stats', 'real_floor', 'sample_crop',
            'match_reference', 'fd_efflite0', 'REFERENCE_DATASETS']
 
+# Read here by name; any other dataset of pixdiff_jax.data (cifar10, celeba, folder, tfds:...)
+# through a training config's data section (``data_config``).
 REFERENCE_DATASETS = ('fashion_mnist', 'mnist', 'npz')
 _IDX_SIZE = 28
 
 
 def load_split(dataset: str = 'fashion_mnist', split: str = 'test', path: str = '',
-               max_examples: int = 0) -> UInt8[np.ndarray, 'n h w c']:
-  """All images of a split as stored, ``uint8 [N, H, W, C]``, read offline by
-  :mod:`pixdiff_jax.data` (``'fashion_mnist'``/``'mnist'`` IDX files, or ``'npz'`` at ``path``).
+               max_examples: int = 0, data_config: ml_collections.ConfigDict | None = None
+               ) -> UInt8[np.ndarray, 'n h w c']:
+  """All images of a split, ``uint8 [N, H, W, C]``, read offline by :mod:`pixdiff_jax.data`:
+  ``'fashion_mnist'``/``'mnist'`` IDX files as stored (28x28), ``'npz'`` at ``path``, or any
+  other dataset as the training pipeline reads it (e.g. CelebA centre-cropped to
+  ``image_size``) from ``data_config``, the workdir's ``config.data``.
 
   ``max_examples > 0`` keeps only the first images: non-standard, for tests only.
   """
   if dataset not in REFERENCE_DATASETS:
-    raise InputError(f'reference dataset must be one of {REFERENCE_DATASETS}, got {dataset!r}')
+    if data_config is None:
+      raise InputError(f'reference dataset {dataset!r}: give the training config\'s data '
+                        f'section (data_config), or one of {REFERENCE_DATASETS}')
+    data = data_config.copy_and_resolve_references()
+    with data.unlocked():
+      data.max_examples = int(max_examples)
+    return data_lib.load_images(ml_collections.ConfigDict({'data': data}), split=split)
   if dataset == 'npz':
     if not path:
       raise InputError("dataset 'npz' needs the path of a .npz file with key 'images'")
@@ -86,35 +97,37 @@ def cached_stats(ex: FeatureExtractor, images: UInt8[np.ndarray, 'n h w c'], *, 
 
 
 def reference_stats(ex: FeatureExtractor, *, dataset: str = 'fashion_mnist',
-                    split: str = 'test', path: str = '', max_examples: int = 0
+                    split: str = 'test', path: str = '', max_examples: int = 0,
+                    data_config: ml_collections.ConfigDict | None = None
                     ) -> tuple[Float[np.ndarray, 'd'], Float[np.ndarray, 'd d'], int]:
   """``(mu [D], sigma [D, D], n)`` of ``ex``'s features over every image of the split (cached).
 
   Args:
     ex: the feature extractor.
-    dataset, split, path: the data (see :func:`load_split`).
+    dataset, split, path, data_config: the data (see :func:`load_split`).
     max_examples: > 0 uses only the first images: NOT the standard reference (tests only).
   """
-  images = load_split(dataset, split, path, max_examples)
+  images = load_split(dataset, split, path, max_examples, data_config)
   mu, sigma = cached_stats(ex, images, tag=f'{dataset}-{split}')
   return mu, sigma, len(images)
 
 
 def real_floor(ex: FeatureExtractor, n: int, *, dataset: str = 'fashion_mnist',
                split: str = 'test', train_split: str = 'train', path: str = '',
-               seed: int = 0, max_examples: int = 0) -> float:
+               seed: int = 0, max_examples: int = 0,
+               data_config: ml_collections.ConfigDict | None = None) -> float:
   """The real-vs-real floor: FD of ``n`` random ``train_split`` images to the reference split.
 
   Raises:
     InputError: ``n`` < 2 or more than the training split holds.
   """
-  train = load_split(dataset, train_split, path, max_examples)
+  train = load_split(dataset, train_split, path, max_examples, data_config)
   if not 2 <= n <= len(train):
     raise InputError(f'the floor needs 2 <= n <= {len(train)} (the {train_split} split), got {n}')
   pick = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
   mu_t, sigma_t = cached_stats(ex, train[pick], tag=f'{dataset}-{train_split}-seed{seed}')
   mu_r, sigma_r, _ = reference_stats(ex, dataset=dataset, split=split, path=path,
-                                     max_examples=max_examples)
+                                     max_examples=max_examples, data_config=data_config)
   return frechet.frechet_distance(mu_t, sigma_t, mu_r, sigma_r)
 
 

@@ -25,11 +25,12 @@ from absl import logging
 from pixdiff_jax import data
 from pixdiff_jax.errors import UserError
 from pixdiff_jax.storage import checkpointing
+from pixdiff_jax.training import memory
 from pixdiff_jax.training.stages import Stage, stage_key
 from pixdiff_jax.training.state import (TrainState, create_train_state, make_optimizer,
                                         num_consecutive_skipped)
 from pixdiff_jax.training.steps import get_p_train_step, replicate_for_step
-from pixdiff_jax.utils import image_grid, metric_writer, progress
+from pixdiff_jax.utils import eta, image_grid, metric_writer, progress
 
 PyTree = Any
 # A hook sees (stage name, step) after every dispatch; tests use it to simulate a crash.
@@ -156,8 +157,13 @@ class StageRun:
       self.ckpt.close()
       return state
     t = self.config.training
-    p_train_step = get_p_train_step(stage.loss_fn, self.tx, ema_decay=t.ema_decay,
-                                    ema_warmup=t.ema_warmup)
+    # Compiled ahead of time at the first call; a step that cannot fit the device is one error.
+    p_train_step = memory.FitCheckedStep(
+        get_p_train_step(stage.loss_fn, self.tx, ema_decay=t.ema_decay,
+                         ema_warmup=t.ema_warmup), self.config, stage.name)
+    batch = self.config.distill.batch_size if stage.name == 'distill' else t.batch_size
+    self._clock = eta.StageClock(stage.name, start=start, total=stage.num_steps,
+                                 batch_size=batch, quiet=not self.is_main)
     self.p_state = replicate_for_step(state)
     p_aux = replicate_for_step(stage.aux)
     batches = self._batches(start)
@@ -189,6 +195,7 @@ class StageRun:
     done = step >= self.stage.num_steps
     # One scalar per dispatch: consecutive skipped (non-finite) updates.
     skipped = int(jax.device_get(num_consecutive_skipped(self.p_state.opt_state))[0])
+    self._clock.update(step)  # the step's result is on the host: logs the projected time once
     if skipped >= self.max_skipped:
       raise self.diverged(f'{skipped} consecutive updates had non-finite gradients and were '
                           f'skipped (training.max_skipped_updates={self.max_skipped})')

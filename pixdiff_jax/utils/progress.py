@@ -13,16 +13,21 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from pixdiff_jax.utils.eta import format_duration
+
 __all__ = ['PlainProgress', 'progress']
 
 
 class PlainProgress:
   """``update(n)``, ``set_postfix(**values)``, ``close()`` like tqdm; prints plain lines.
 
-  A line ``<desc>: <n>/<total> (<percent>%) <postfix>, <elapsed>`` goes to ``file`` whenever the
-  count crosses a multiple of ``every`` (or, with ``every_s``, when that many seconds passed since
-  the last line: a long run with few, slow units is not silent for hours), and once at
-  :meth:`close` unless the last one was already at that count.
+  A line ``<desc>: <n>/<total> (<percent>%) <postfix>, <elapsed>[, ETA <left>]`` goes to
+  ``file`` whenever the count crosses a multiple of ``every`` (or, with ``every_s``, when that
+  many seconds passed since the last line: a long run with few, slow units is not silent for
+  hours), and once at :meth:`close` unless the last one was already at that count (or nothing
+  was counted: a run that failed before its first update prints nothing). The ETA is the rate
+  since the first update (so a first step that compiles does not count) over what is left;
+  tqdm's bar shows its own.
   """
 
   def __init__(self, *, total: int, initial: int = 0, desc: str = '', every: int = 1,
@@ -35,18 +40,21 @@ class PlainProgress:
     self._postfix: dict[str, Any] = {}
     self._start = self._last_line = time.perf_counter()
     self._printed_at = None
+    self._first: tuple[int, float] | None = None  # (n, time) at the first update
 
   def set_postfix(self, **values: Any) -> None:
     self._postfix = values
 
   def update(self, n: int = 1) -> None:
     before, self.n = self.n, self.n + int(n)
+    if self._first is None:
+      self._first = (self.n, time.perf_counter())
     if self.n // self.every > before // self.every or (
         self.every_s is not None and time.perf_counter() - self._last_line >= self.every_s):
       self._print()
 
   def close(self) -> None:
-    if self._printed_at != self.n:
+    if self._printed_at != self.n and self._first is not None:
       self._print()
 
   def _print(self) -> None:
@@ -56,8 +64,12 @@ class PlainProgress:
       return
     pct = f' ({100 * self.n / self.total:.0f}%)' if self.total else ''
     extra = ''.join(f' {k}={v}' for k, v in self._postfix.items())
-    elapsed = time.perf_counter() - self._start
-    print(f'{self.desc}: {self.n}/{self.total}{pct}{extra}, {elapsed:.0f} s',
+    now = time.perf_counter()
+    eta = ''
+    if self._first is not None and self.n > self._first[0] and self.n < self.total:
+      rate = (self.n - self._first[0]) / max(now - self._first[1], 1e-9)
+      eta = f', ETA {format_duration((self.total - self.n) / rate)}'
+    print(f'{self.desc}: {self.n}/{self.total}{pct}{extra}, {now - self._start:.0f} s{eta}',
           file=self.file or sys.stderr, flush=True)
 
 
@@ -75,7 +87,7 @@ def progress(*, total: int, initial: int = 0, desc: str = '', every: int = 1,
   """
   if interactive is None:
     interactive = sys.stderr.isatty()
-  if interactive:
+  if interactive:  # tqdm's bar shows the elapsed time, the ETA and the rate
     return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True)
   return PlainProgress(total=total, initial=initial, desc=desc, every=every, disable=disable,
                        every_s=every_s)
