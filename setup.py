@@ -36,6 +36,7 @@ setup(
         # Only needed to *prepare* (encode) TFDS image datasets such as cifar10 / celeb_a.
         "tf": ["tensorflow>=2.16"],
         # scipy: the reference matrix square root in the Frechet tests (jax depends on it anyway).
-        "test": ["pytest>=8", "scipy>=1.11"],
+        # pytest-xdist: the suite runs in two worker processes (README, .ci/run).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.11"],
     },
 )

@@ -1,8 +1,9 @@
 """Test setup: 2 host CPU devices (for pmap tests) and JAX's persistent compilation cache.
 
 Both must be set before JAX initialises its backends, which is why they live here. The fixture
-``smoke_workdir`` trains ``configs/smoke.py`` once per test session (through ``main.py``, as a
-user would); tests copy it (``smoke_copy``) before changing anything in it.
+``smoke_workdir`` trains ``configs/smoke.py`` once per test run (through ``main.py``, as a
+user would; one run shared by the pytest-xdist workers); tests copy it (``smoke_copy``) before
+changing anything in it.
 """
 import os
 import pathlib
@@ -30,12 +31,33 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 @pytest.fixture(scope='session')
 def smoke_trained(tmp_path_factory):
   """``(workdir, CompletedProcess)``: ``main.py --config configs/smoke.py --workdir W`` run once
-  per session (both stages trained, checkpoints at steps 4 and 6) and its output."""
+  per test run (every stage trained, checkpoints at steps 4 and 6) and its output.
+
+  Under pytest-xdist the workers share one run: the first to get here trains, under a file
+  lock, and records the output; the others wait for the lock and read it. Treat the workdir as
+  read-only (``smoke_copy`` gives a private copy).
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
   import cli_testutil  # pylint: disable=g-import-not-at-top
   if not cli_testutil.FMNIST.exists():
     pytest.skip('apt-get install dataset-fashion-mnist')
-  workdir = tmp_path_factory.mktemp('smoke') / 'w'
-  run = cli_testutil.run_main('--config', 'configs/smoke.py', '--workdir', workdir)
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the directory every worker's base temp lives in
+  base = root / 'smoke_shared'
+  base.mkdir(exist_ok=True)
+  workdir, record = base / 'w', base / 'run.json'
+  with open(base / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not record.exists():
+      run = cli_testutil.run_main('--config', 'configs/smoke.py', '--workdir', workdir)
+      record.write_text(json.dumps({'args': run.args, 'returncode': run.returncode,
+                                    'stdout': run.stdout, 'stderr': run.stderr}))
+  saved = json.loads(record.read_text())
+  run = subprocess.CompletedProcess(saved['args'], saved['returncode'], saved['stdout'],
+                                    saved['stderr'])
   assert run.returncode == 0, run.stderr[-3000:]
   return workdir, run
 

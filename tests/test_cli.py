@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -23,15 +24,18 @@ def _main(*args, env=None, timeout=600):
 
 
 @pytest.fixture(scope='module')
-def smoke_workdir(smoke_trained):
-  """The session's run of the README's command on configs/smoke.py (conftest.py): its workdir
-  and main.py's output. This module's tests continue in it (rerun, sample); other modules' tests
-  work on copies (smoke_copy)."""
-  return smoke_trained
+def smoke_run(smoke_trained, tmp_path_factory):
+  """The session's run of the README's command on configs/smoke.py (conftest.py): a copy of
+  its workdir for this module's tests to continue in (rerun, sample), the run's own workdir
+  (named in its output) and main.py's output."""
+  trained, run = smoke_trained
+  workdir = tmp_path_factory.mktemp('cli') / 'w'
+  shutil.copytree(trained, workdir)
+  return workdir, trained, run
 
 
-def test_smoke_trains_resumes_and_samples(smoke_workdir):
-  workdir, run = smoke_workdir
+def test_smoke_trains_resumes_and_samples(smoke_run):
+  workdir, trained, run = smoke_run
   for stage in ('vae', 'reverse'):
     assert sorted(os.listdir(workdir / 'checkpoints' / stage)) == ['4', '6']
   assert sorted(os.listdir(workdir / 'checkpoints' / 'distill')) == ['4']
@@ -42,11 +46,11 @@ def test_smoke_trains_resumes_and_samples(smoke_workdir):
   for stage, step in (('vae', 6), ('reverse', 6), ('distill', 4)):  # final snapshot grids
     assert (workdir / 'samples' / f'{stage}_step{step:07d}.png').exists()
   # The end of training names what was written (stderr; not a terminal here, so no bar).
-  assert f'checkpoints   {workdir}/checkpoints/reverse/6  (stage reverse, step 6)' in run.stderr
-  assert f'checkpoints   {workdir}/checkpoints/distill/4  (stage distill, step 4)' in run.stderr
-  assert f'metrics.jsonl {workdir}/metrics.jsonl' in run.stderr
+  assert f'checkpoints   {trained}/checkpoints/reverse/6  (stage reverse, step 6)' in run.stderr
+  assert f'checkpoints   {trained}/checkpoints/distill/4  (stage distill, step 4)' in run.stderr
+  assert f'metrics.jsonl {trained}/metrics.jsonl' in run.stderr
   assert 'newest distill_step0000004.png' in run.stderr
-  assert f'tensorboard   tensorboard --logdir {workdir}/tensorboard' in run.stderr
+  assert f'tensorboard   tensorboard --logdir {trained}/tensorboard' in run.stderr
   assert '\r' not in run.stderr
   assert 'train reverse: 6/6 (100%)' in run.stderr
   assert "Unable to initialize backend 'tpu'" not in run.stderr
@@ -104,7 +108,7 @@ def test_smoke_trains_resumes_and_samples(smoke_workdir):
 
 def test_example_sample_from_jax(smoke_workdir):
   """examples/sample_from_jax.py: load_sampler, jit, vmap over keys, use inside another jit."""
-  workdir, _ = smoke_workdir
+  workdir = smoke_workdir  # read only: the shared run
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
   env['PYTHONPATH'] = str(ROOT)

@@ -15,7 +15,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
   install_and_train, run_tests = _setup_commands()
   ci_lines = (ROOT / '.ci' / 'run').read_text().splitlines()
   assert run_tests in ci_lines
-  assert run_tests.endswith('&& python -m pytest -q tests')
+  assert run_tests.endswith('&& python -m pytest -q -n 2 --dist loadfile --durations=20 tests')
   # Both README commands share one set-up (apt, venv, constrained install).
   assert install_and_train.split(' && python main.py', 1)[0] == run_tests.rsplit(' && ', 1)[0]
   assert install_and_train.endswith('&& python main.py && python main.py --mode sample')
@@ -30,7 +30,8 @@ def test_constraints_pin_every_requirement():
       pins[re.sub(r'[-_.]+', '-', name.lower())] = version
   setup = (ROOT / 'setup.py').read_text()
   install = re.search(r'install_requires=\[(.*?)\]', setup, re.S).group(1)
-  required = re.findall(r'"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?>=', install) + ['pytest']
+  required = re.findall(r'"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?>=', install) + ['pytest',
+                                                                                 'pytest-xdist']
   assert len(required) > 10
   for name in required:
     assert re.sub(r'[-_.]+', '-', name.lower()) in pins, name
