@@ -63,9 +63,10 @@ def test_training_into_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp
   # (resuming itself: test_reliability.py::test_train_mode_resumes_from_the_newest_...).
   config = config_lib.load_config(str(workdir))
   ckpt = checkpointing.StageCheckpointer(str(workdir), 'vae', read_only=True)
-  state, step = ckpt.restore_latest(checkpointing.abstract_train_state(config, 'vae'))
+  params = checkpointing.abstract_params(config, 'vae')
+  state, step = ckpt.restore_latest({'params': params, 'ema_params': params}, params_only=True)
   ckpt.close()
-  assert step == 4 and int(state.step) == 4
+  assert step == 4 and int(state['step']) == 4
 
 
 # ---------------------------------------------------------------------------- simulated

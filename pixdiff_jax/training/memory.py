@@ -153,6 +153,9 @@ class FitCheckedStep:
   block shape, ``step.lower(...).compile()`` (the persistent compilation cache applies), then
   :func:`check_fits`; every call runs the compiled executable. An out-of-memory error while
   running becomes :class:`DoesNotFitError` with the same advice.
+
+  In a multi-process job the step runs as it is (an executable compiled ahead of time from one
+  process's arrays would expect the global shapes); only the out-of-memory error is checked.
   """
 
   def __init__(self, step: Callable, config: ml_collections.ConfigDict, stage: str):
@@ -161,6 +164,13 @@ class FitCheckedStep:
     self.plans: list[MemoryPlan] = []
 
   def __call__(self, state, block, key, aux):
+    if jax.process_count() > 1:
+      try:
+        return self._step(state, block, key, aux)
+      except Exception as err:  # pylint: disable=broad-except
+        if _is_out_of_memory(err):
+          raise self._oom(err) from None
+        raise
     # block: an array [D, k, b, ...] or, for the distill stage, a dict of such arrays
     sig = (jax.tree_util.tree_structure(block),
            tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(block)))
