@@ -146,6 +146,12 @@ class FitCheckedStep:
   block shape, ``step.lower(...).compile()`` (the persistent compilation cache applies), then
   :func:`check_fits`; every call runs the compiled executable. An out-of-memory error while
   running becomes :class:`DoesNotFitError` with the same advice.
+
+  In a multi-process job the step runs as ``step(...)`` with no check before it: the pmapped
+  step's compiled executable wants global arrays, which only the step itself makes from the local
+  ones, and compiling it a second time just for the plan would double the compile time (pmap
+  executables were not written to the persistent cache in a 2-process CPU run). Running out of
+  memory there still ends in the one line.
   """
 
   def __init__(self, step: Callable, config: ml_collections.ConfigDict, stage: str):
@@ -154,6 +160,8 @@ class FitCheckedStep:
     self.plans: list[MemoryPlan] = []
 
   def __call__(self, state, block, key, aux):
+    if jax.process_count() > 1:
+      return self._run(self._step, state, block, key, aux)
     sig = (tuple(block.shape), str(block.dtype))
     compiled = self._compiled.get(sig)
     if compiled is None:
@@ -170,8 +178,11 @@ class FitCheckedStep:
                    self._stage, plan.compile_seconds, plan.describe())
       check_fits(plan, self._config)
       self._compiled[sig] = compiled
+    return self._run(compiled, state, block, key, aux)
+
+  def _run(self, fn, *args):
     try:
-      return compiled(state, block, key, aux)
+      return fn(*args)
     except Exception as err:  # pylint: disable=broad-except
       if _is_out_of_memory(err):
         raise self._oom(err) from None
