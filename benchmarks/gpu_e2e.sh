@@ -10,17 +10,19 @@
 #   GPU_E2E_TINY=1 bash benchmarks/gpu_e2e.sh       # the same path with tiny networks (CPU test)
 #
 # Environment: OUT (default /tmp/gpu_e2e, emptied first), GPU_E2E_CACHE (the XLA compilation
-# cache, default $OUT/xla_cache), GPU_E2E_WHEELS (wheels to install first, as gpu.sh).
+# cache, default $OUT/xla_cache), GPU_E2E_WHEELS (wheels to install first, as gpu.sh), PYTHON
+# (the interpreter, default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu_e2e}"
 CACHE="${GPU_E2E_CACHE:-$OUT/xla_cache}"
 WHEELS="${GPU_E2E_WHEELS:-.whl}"
 CONFIG=configs/cifar10.py
+PY="${PYTHON:-python3}"
 rm -rf "$OUT/workdir" "$OUT/logs" && mkdir -p "$OUT/logs"
 
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
-  python3 -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  "$PY" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH="/tmp/site:$PWD" \
     || { echo "error: installing $WHEELS/*.whl failed" >&2; exit 2; }
 else
@@ -53,10 +55,10 @@ fi
 SHORT=(--config.data.path="$DATA" --config.data.md5= --config.training.vae_steps="$VAE_STEPS"
        --config.training.log_every=10 --config.training.checkpoint_every=100
        "${NETS[@]}")
-MAIN=(python3 main.py --compilation_cache="$CACHE")
+MAIN=("$PY" main.py --compilation_cache="$CACHE")
 
 GPU_NAME="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
-echo "# gpu_e2e: ${GPU_NAME:-no nvidia-smi (CPU)}; $(python3 -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -1)${GPU_E2E_TINY:+; tiny networks}"
+echo "# gpu_e2e: ${GPU_NAME:-no nvidia-smi (CPU)}; $("$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -1)${GPU_E2E_TINY:+; tiny networks}"
 
 TIMES=()
 # part NAME CMD...: runs CMD with its output in $OUT/logs/NAME.log, prints its seconds.
@@ -82,7 +84,7 @@ expect() {
   fi
 }
 
-part data python3 benchmarks/cifar10_like.py "$DATA" "${DATA_ARGS[@]}"
+part data "$PY" benchmarks/cifar10_like.py "$DATA" "${DATA_ARGS[@]}"
 part train "${MAIN[@]}" --config "$CONFIG" --workdir "$W" "${SHORT[@]}" \
   --config.training.reverse_steps="$REV1"
 expect "$W/checkpoints/vae/$VAE_STEPS" "the VAE stage's last checkpoint"
@@ -99,7 +101,7 @@ part sample "${MAIN[@]}" --workdir "$W" --mode sample --num_samples "$NUM_SAMPLE
 expect "log:sample:sampling finished" "the samples"
 part eval "${MAIN[@]}" --workdir "$W" --mode eval "${EVAL[@]}"
 expect "$W/eval/results.json" "the evaluation's results"
-python3 - "$W/eval/results.json" <<'PY'
+"$PY" - "$W/eval/results.json" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1]))['settings']:
   print(f"eval {r['setting']}: FD_efflite0 {r['fd_efflite0']:.2f} (floor {r['fd_efflite0_floor']:.2f}) "

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from cli_testutil import ROOT, main_env
 
 def test_gpu_e2e_script_runs_on_the_cpu(tmp_path):
   env = main_env()
-  env.update(OUT=str(tmp_path), GPU_E2E_TINY='1',
+  env.update(OUT=str(tmp_path), GPU_E2E_TINY='1', PYTHON=sys.executable,
              GPU_E2E_CACHE=os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache')))
   run = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu_e2e.sh')], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900)

@@ -2,6 +2,8 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -21,10 +23,12 @@ def test_ci_runs_the_readme_test_command_verbatim():
   assert install_and_train.endswith('&& python main.py && python main.py --mode sample')
 
 
-def test_constraints_pin_every_requirement():
-  """constraints.txt pins each install requirement of setup.py (and pytest) to one version."""
+@pytest.mark.parametrize('name', ['constraints.txt', 'constraints-py312.txt'])
+def test_constraints_pin_every_requirement(name):
+  """Each constraints file pins each install requirement of setup.py (and pytest) to one
+  version (constraints-py312.txt: also jax-cuda12-plugin, for the cuda12 extra)."""
   pins = {}
-  for line in (ROOT / 'constraints.txt').read_text().splitlines():
+  for line in (ROOT / name).read_text().splitlines():
     if line and not line.startswith('#'):
       name, version = line.split('==')
       pins[re.sub(r'[-_.]+', '-', name.lower())] = version
@@ -33,6 +37,8 @@ def test_constraints_pin_every_requirement():
   required = re.findall(r'"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?>=', install) + ['pytest',
                                                                                  'pytest-xdist']
   assert len(required) > 10
-  for name in required:
-    assert re.sub(r'[-_.]+', '-', name.lower()) in pins, name
+  if name == 'constraints-py312.txt':
+    required += ['jaxlib', 'jax-cuda12-plugin']
+  for req in required:
+    assert re.sub(r'[-_.]+', '-', req.lower()) in pins, req
   assert 'pixdiff-jax' not in pins

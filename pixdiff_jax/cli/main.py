@@ -21,8 +21,8 @@ def _info(config) -> dict:
   from pixdiff_jax import models  # pylint: disable=g-import-not-at-top
   info = models.count_params(config)
   if FLAGS.memory_plan:
-    from pixdiff_jax.training import memory  # pylint: disable=g-import-not-at-top
-    info.update(memory.plan_stages(config))
+    from pixdiff_jax.training import memory_plan  # pylint: disable=g-import-not-at-top
+    info.update(memory_plan.plan_stages(config))
   return info
 
 

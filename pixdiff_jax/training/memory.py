@@ -1,10 +1,8 @@
-"""XLA's memory plan of a stage's train step, and the check that the step fits the device.
+"""XLA's memory plan of a compiled train step, and the check that the step fits the device.
 
-* :func:`plan_stages` compiles each stage's train step for the local backend (ahead of time,
-  from abstract shapes: nothing is initialised, allocated or run) and reads XLA's buffer plan
-  (``lower(...).compile().memory_analysis()``): ``python main.py --config C --mode info``
-  prints it as ``memory_gib`` per stage, so "will this fit my card?" has an answer before
-  training.
+* :class:`MemoryPlan` / :func:`plan_of`: XLA's buffer plan of a compiled step
+  (``compiled.memory_analysis()``); ``training.memory_plan`` makes one per stage of a config
+  for ``python main.py --config C --mode info``.
 * :class:`FitCheckedStep` wraps the trainer's step: at its first call with a new argument shape
   it compiles ahead of time, compares the plan with the device's memory and raises
   :class:`DoesNotFitError` (a ``ValueError``: the command line prints one ``error:`` line) naming
@@ -12,19 +10,18 @@
 
 The device's memory is ``device.memory_stats()['bytes_limit']`` where JAX reports it (GPU,
 TPU); on the CPU, the host's physical memory shared by its devices; ``training.memory_limit_gib
-> 0`` overrides both (e.g. to check a config for a 24 GB card elsewhere). XLA:CPU plans were
-measured at about 1.5x the GPU's peak for the same step (docs/performance.md), so a plan made
-on a CPU is a conservative estimate for a GPU.
+> 0`` overrides both (e.g. to check a config for a 24 GB card elsewhere). XLA:CPU's plans ran
+1.55x (all-heads reverse step) to 2.4x (one-head baseline) the H200's numbers for the same steps
+(docs/performance.md), so a plan made on a CPU is a cautious estimate for a GPU.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
@@ -34,8 +31,6 @@ PyTree = Any
 GIB = float(2 ** 30)
 # Warn (but run) when the plan takes more than this share of the device's memory.
 WARN_FRACTION = 0.9
-_PLAN_ONLY_CPU_OPTIONS = {'xla_backend_optimization_level': 0,
-                          'xla_llvm_disable_expensive_passes': True}
 
 
 class DoesNotFitError(UserError, ValueError):
@@ -154,8 +149,11 @@ class FitCheckedStep:
   :func:`check_fits`; every call runs the compiled executable. An out-of-memory error while
   running becomes :class:`DoesNotFitError` with the same advice.
 
-  In a multi-process job the step runs as it is (an executable compiled ahead of time from one
-  process's arrays would expect the global shapes); only the out-of-memory error is checked.
+  In a multi-process job the step runs as ``step(...)`` with no check before it: the pmapped
+  step's compiled executable wants global arrays, which only the step itself makes from the local
+  ones, and compiling it a second time just for the plan would double the compile time (pmap
+  executables were not written to the persistent cache in a 2-process CPU run). Running out of
+  memory there still ends in the one line.
   """
 
   def __init__(self, step: Callable, config: ml_collections.ConfigDict, stage: str):
@@ -165,12 +163,7 @@ class FitCheckedStep:
 
   def __call__(self, state, block, key, aux):
     if jax.process_count() > 1:
-      try:
-        return self._step(state, block, key, aux)
-      except Exception as err:  # pylint: disable=broad-except
-        if _is_out_of_memory(err):
-          raise self._oom(err) from None
-        raise
+      return self._run(self._step, state, block, key, aux)
     # block: an array [D, k, b, ...] or, for the distill stage, a dict of such arrays
     sig = (jax.tree_util.tree_structure(block),
            tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(block)))
@@ -189,8 +182,11 @@ class FitCheckedStep:
                    self._stage, plan.compile_seconds, plan.describe())
       check_fits(plan, self._config)
       self._compiled[sig] = compiled
+    return self._run(compiled, state, block, key, aux)
+
+  def _run(self, fn, *args):
     try:
-      return compiled(state, block, key, aux)
+      return fn(*args)
     except Exception as err:  # pylint: disable=broad-except
       if _is_out_of_memory(err):
         raise self._oom(err) from None
@@ -202,66 +198,3 @@ class FitCheckedStep:
     return DoesNotFitError(
         f'stage {self._stage} ran out of device memory{planned}: {first}; lower '
         f'{_levers(self._config, self._stage)}')
-
-
-# ---------------------------------------------------------------------------- plans of a config
-def _abstract(tree: PyTree, lead: Sequence[int] = ()) -> PyTree:
-  return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(tuple(lead) + tuple(x.shape), x.dtype), tree)
-
-
-def plan_stage(config: ml_collections.ConfigDict, name: str) -> MemoryPlan:
-  """Compiles stage ``name``'s train step (as the trainer runs it, one step per dispatch unless
-  ``training.steps_per_dispatch`` says otherwise) from abstract shapes and returns XLA's plan."""
-  # pylint: disable=g-import-not-at-top  (the training loop imports this module)
-  from pixdiff_jax import models
-  from pixdiff_jax.training import builders, steps
-  from pixdiff_jax.training.state import create_train_state, make_optimizer
-  t0 = time.perf_counter()
-  vae_params = None
-  if name == 'reverse':
-    vae = models.build_vae(config)
-    vae_params = jax.eval_shape(lambda k: models.init_params(vae, config, k), jax.random.key(0))
-  stage = builders.build_stage(config, name, vae_params=vae_params)
-  tx = make_optimizer(config.optim)
-  state = jax.eval_shape(lambda k: create_train_state(stage.init_params(k), tx),
-                         jax.random.PRNGKey(0))
-  t = config.training
-  n_dev = jax.local_device_count()
-  step = steps.get_p_train_step(stage.loss_fn, tx, ema_decay=t.ema_decay,
-                                ema_warmup=t.ema_warmup)
-  s, c = config.data.image_size, config.data.num_channels
-  block = jax.ShapeDtypeStruct((n_dev, t.steps_per_dispatch, t.batch_size // jax.device_count(),
-                                s, s, c), jnp.float32)
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  lowered = step.lower(_abstract(state, (n_dev,)), block, key, _abstract(stage.aux, (n_dev,)))
-  # Nothing runs this executable: on the CPU, skip LLVM's optimisations (the buffer plan comes
-  # from XLA's HLO passes and was the same to the byte for all four paper-config stages, in
-  # about half the compile time).
-  options = _PLAN_ONLY_CPU_OPTIONS if jax.default_backend() == 'cpu' else None
-  compiled = lowered.compile(compiler_options=options)
-  return plan_of(compiled, name, time.perf_counter() - t0)
-
-
-def plan_stages(config: ml_collections.ConfigDict) -> dict:
-  """``--mode info``'s memory part: each stage's plan, the device and whether it fits.
-
-  Returns ``{'memory_gib': {stage: GiB}, 'memory_plan': {...details...}}``.
-  """
-  from pixdiff_jax.config import stages_for  # pylint: disable=g-import-not-at-top
-  # The distill stage trains the teacher's network on the teacher's pairs (it needs a trained
-  # workdir to build): not planned here.
-  plans = [plan_stage(config, name) for name in stages_for(config) if name != 'distill']
-  dev = jax.local_devices()[0]
-  known = device_memory_bytes(config)
-  detail = {
-      'backend': dev.platform, 'device': dev.device_kind,
-      'batch_per_device': config.training.batch_size // jax.device_count(),
-      'compile_seconds': {p.stage: round(p.compile_seconds, 1) for p in plans},
-      'device_memory_gib': None if known is None else round(known[0] / GIB, 2),
-      'fits': None if known is None else {p.stage: p.total_bytes <= known[0] for p in plans},
-  }
-  if dev.platform == 'cpu':
-    detail['note'] = ('planned by XLA:CPU; for the same step it ran about 1.5x the GPU\'s '
-                      'measured peak (docs/performance.md)')
-  return {'memory_gib': {p.stage: round(p.gib, 2) for p in plans}, 'memory_plan': detail}
