@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from pixdiff_jax import config as config_lib, models
-from pixdiff_jax.training import trainer
-from pixdiff_jax.training.state import create_train_state, make_optimizer
+from pixdiff_jax.training import memory_plan, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,18 +20,11 @@ def _config(dtype):
 
 def _abstract_step(config, name):
   """(jaxpr, output shapes) of one traced train step of stage ``name`` (nothing compiled)."""
-  vae_params = None
-  if name == 'reverse':
-    vae = models.build_vae(config)
-    vae_params = jax.eval_shape(lambda k: models.init_params(vae, config, k), jax.random.key(0))
-  stage = trainer.build_stage(config, name, vae_params=vae_params)
-  tx = make_optimizer(config.optim)
-  state = jax.eval_shape(lambda k: create_train_state(stage.init_params(k), tx),
-                         jax.random.PRNGKey(0))
+  stage, tx, state = memory_plan.abstract_stage(config, name)
   step = trainer.get_train_step(stage.loss_fn, tx, ema_decay=0.999, ema_warmup=True,
                                 axis_name=None)
   x0 = jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.float32)
-  args = (state, x0, jax.ShapeDtypeStruct((2,), jnp.uint32), vae_params)
+  args = (state, x0, jax.ShapeDtypeStruct((2,), jnp.uint32), stage.aux)
   return jax.make_jaxpr(step, return_shape=True)(*args)
 
 

@@ -43,12 +43,9 @@ class ArchiveError(InputError):
 
 
 def file_md5(path: str | os.PathLike) -> str:
-  """Hex md5 of a file, read in 1 MiB chunks."""
-  h = hashlib.md5()
+  """Hex md5 of a file (read in chunks)."""
   with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
+    return hashlib.file_digest(f, 'md5').hexdigest()
 
 
 class _BatchUnpickler(pickle.Unpickler):

@@ -46,11 +46,8 @@ def cache_dir() -> pathlib.Path:
 
 def file_sha256(path: str | os.PathLike) -> str:
   """Hex SHA-256 of a file's bytes."""
-  h = hashlib.sha256()
   with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
+    return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def efflite0_weights_file() -> pathlib.Path:

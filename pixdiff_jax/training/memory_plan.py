@@ -34,10 +34,9 @@ def _abstract(tree: PyTree, lead: Sequence[int] = ()) -> PyTree:
       lambda x: jax.ShapeDtypeStruct(tuple(lead) + tuple(x.shape), x.dtype), tree)
 
 
-def plan_stage(config: ml_collections.ConfigDict, name: str) -> memory.MemoryPlan:
-  """Compiles stage ``name``'s train step (as the trainer runs it, one step per dispatch unless
-  ``training.steps_per_dispatch`` says otherwise) from abstract shapes and returns XLA's plan."""
-  t0 = time.perf_counter()
+def abstract_stage(config: ml_collections.ConfigDict, name: str):
+  """``(stage, optimiser, state)`` of stage ``name`` with abstract shapes (``jax.eval_shape``:
+  no parameter is initialised; the reverse stage's frozen VAE parameters are abstract too)."""
   vae_params = None
   if name == 'reverse':
     vae = models.build_vae(config)
@@ -46,6 +45,14 @@ def plan_stage(config: ml_collections.ConfigDict, name: str) -> memory.MemoryPla
   tx = make_optimizer(config.optim)
   state = jax.eval_shape(lambda k: create_train_state(stage.init_params(k), tx),
                          jax.random.PRNGKey(0))
+  return stage, tx, state
+
+
+def plan_stage(config: ml_collections.ConfigDict, name: str) -> memory.MemoryPlan:
+  """Compiles stage ``name``'s train step (as the trainer runs it, one step per dispatch unless
+  ``training.steps_per_dispatch`` says otherwise) from abstract shapes and returns XLA's plan."""
+  t0 = time.perf_counter()
+  stage, tx, state = abstract_stage(config, name)
   t = config.training
   n_dev = jax.local_device_count()
   step = steps.get_p_train_step(stage.loss_fn, tx, ema_decay=t.ema_decay,
