@@ -1,5 +1,5 @@
-"""Fashion-MNIST on 2 CPU cores: the offline main job (both stages + samples in at most 20 min;
-timing and scores in docs/results.md section 6.2).
+"""Fashion-MNIST on 2 CPU cores: the offline main job (three stages + samples; timing and scores
+in docs/results.md sections 6.2 and 8).
 
 Sized for the budget rather than for the paper: narrow networks, T = 10, gamma = 8, heads that
 predict the clean image and are conditioned on the VAE's estimate from ``x_T``, two heads per
@@ -8,11 +8,9 @@ Sampling: the ``consistent`` preset with one network call per step. Data: the De
 ``dataset-fashion-mnist`` (28x28 padded to 32x32).
 
 Stage 3, ``distill`` (docs/design.md section 7): a one-pass student of the K = T ``consistent``
-sampler, from 8192 teacher pairs made once (measured, docs/performance.md "Distillation
-pairs": a batch of pairs costs 1.5-2.4 student steps), 1500 steps at batch 64 with Adam 1e-4
-(the sizes of issue 22's check, which took head T from FD_efflite0 572.5 to 476.3); head 1 (the
-final image) weighted 5x, with one other random head per example. These sizes are not yet
-refitted to the 20-minute budget (issue 22, deliverable 4).
+sampler, trained on teacher pairs made once and cached; head 1 (the final image) weighted 20x,
+with one other random head per example. The sizes and what they scored: docs/results.md section
+8; they are not yet refitted to the 20-minute budget (issue 22, deliverable 4).
 """
 from pixdiff_jax.config import sibling_config
 
@@ -63,9 +61,9 @@ def get_config():
   config.distill.num_pairs = 8192
   config.distill.teacher_batch = 256
   config.distill.calls = (1, 2)
-  config.distill.final_weight = 5.0
-  # Head 1 and one random other active head per example (unbiased): a student step 0.95 instead
-  # of 1.73 s at batch 64 (docs/performance.md, "Distillation pairs"); quality not yet compared.
+  config.distill.final_weight = 20.0
+  # Head 1 and one random other active head per example (unbiased): a cheaper student step
+  # (docs/performance.md, "Distillation pairs"); quality against all heads not yet compared.
   config.distill.heads_per_example = 2
 
   config.sampling.preset = 'consistent'
