@@ -108,11 +108,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'training.{field} must be >= 1, got {t[field]!r}')
   if int(t.get('max_skipped_updates', 1)) < 1:
     raise ConfigError(f'training.max_skipped_updates must be >= 1, got {t.max_skipped_updates!r}')
-  # Also checked where they are used (optimiser, VAE loss); here before anything is written.
+  # Also checked where it is used (the optimiser); here before anything is written.
   if not config.optim.lr > 0:
     raise ConfigError(f'optim.lr must be > 0, got {config.optim.lr}')
-  if config.method == 'pixel_aware' and not float(config.vae.kl_weight) >= 0:
-    raise ConfigError(f'vae.kl_weight={float(config.vae.kl_weight)} must be >= 0')
   if not float(t.get('memory_limit_gib', 0.0)) >= 0:
     raise ConfigError(f'training.memory_limit_gib must be >= 0 (0 = the device\'s own memory), '
                       f'got {t.memory_limit_gib!r}')
