@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from typing import Iterator
 
 from pixdiff_jax.cli.errors import check_creatable_dir, fail, UsageError
@@ -53,7 +54,7 @@ def train(config, workdir: str, stage: str = 'all') -> None:
   lock = (workdir_lock.hold(workdir, 'train') if jax.process_index() == 0
           else _create(workdir))
   try:
-    with lock:
+    with lock, _background_write_failures_reported_once():
       trainer.train(config, workdir, stages=wanted)
   except trainer.TrainingInterrupted as stop:
     # Ctrl-C / SIGTERM: the checkpoint is written; one line says which.
@@ -67,6 +68,23 @@ def train(config, workdir: str, stage: str = 'all') -> None:
     if write_failure_reason(err) is None:
       raise
     raise _with_resume_advice(_first_write_failure(err), workdir, stages) from err
+
+
+@contextlib.contextmanager
+def _background_write_failures_reported_once() -> Iterator[None]:
+  """A failed write in a background thread (Orbax's checkpoint writer) reaches the main thread,
+  which ends the run with one line; the thread's own traceback is not printed beside it."""
+  previous = threading.excepthook
+
+  def hook(args):
+    if write_failure_reason(args.exc_value) is None:
+      previous(args)
+
+  threading.excepthook = hook
+  try:
+    yield
+  finally:
+    threading.excepthook = previous
 
 
 def _command_for_stage(stage: str) -> str:

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import weakref
 import zlib
 from typing import Any, Callable
@@ -59,6 +60,7 @@ class CheckpointWriteError(WriteError):
 
 # Orbax writes step N into this folder and renames it to N when the write is complete.
 _PARTIAL_STEP = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
+_SETTLE_SECONDS = 5.0  # how long a failed write's remaining file writes may go on
 # Checkpointers that may have a write in flight (see finish_pending_writes).
 _WRITERS = weakref.WeakSet()
 
@@ -228,22 +230,39 @@ class StageCheckpointer:
       reason = write_failure_reason(err)
       if reason is None:
         raise
+      self._settle()
       failed = self._remove_partial_steps()
       step = failed[-1] if failed else step
       where = self.step_dir(step) if step is not None else self.directory
       raise CheckpointWriteError(where, reason, 'checkpoint',
                                  'its partial files were removed' if failed else '') from err
 
+  def _settle(self) -> None:
+    """Waits until Orbax's background threads stop writing (a failed ``save`` can return while
+    the write it started is still running and creating files); their error is the caller's."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
   def _remove_partial_steps(self) -> list[int]:
     """Deletes Orbax's unfinished ``<step>.orbax-checkpoint-tmp*`` folders; returns the steps."""
-    steps = []
+    steps, quiet_passes, deadline = set(), 0, time.monotonic() + _SETTLE_SECONDS
     if jax.process_index() != 0 or not os.path.isdir(self.directory):
-      return steps
-    for name in sorted(os.listdir(self.directory)):
-      m = _PARTIAL_STEP.match(name)
-      if m:
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        steps.append(int(m.group(1)))
+      return []
+    # TensorStore's writes that were in flight when one failed go on in C++ threads and
+    # re-create the folder they write into; remove until two passes 0.2 s apart find nothing.
+    while quiet_passes < 2 and time.monotonic() < deadline:
+      found = [(name, int(m.group(1))) for name in sorted(os.listdir(self.directory))
+               if (m := _PARTIAL_STEP.match(name))]
+      for name, step in found:
+        _remove_tree(os.path.join(self.directory, name))
+        steps.add(step)
+      quiet_passes = 0 if found else quiet_passes + 1
+      if steps:
+        time.sleep(0.2)
+      elif not found:
+        break
     return sorted(steps)
 
   def restore(self, target: Any, step: int | None = None, *, params_only: bool = False) -> Any:
@@ -363,10 +382,20 @@ def finish_pending_writes() -> None:
   error); a write that fails too leaves no partial folder. Used before naming the last intact
   checkpoint."""
   for ckpt in list(_WRITERS):
-    try:
-      ckpt.manager.wait_until_finished()
-    except Exception:  # pylint: disable=broad-except  (reported by whoever stopped training)
-      ckpt._remove_partial_steps()  # pylint: disable=protected-access
+    # A failed background write is reported by whoever stopped training; once nothing is in
+    # flight, a '<step>.orbax-checkpoint-tmp' folder is a write that will never finish.
+    ckpt._settle()  # pylint: disable=protected-access
+    ckpt._remove_partial_steps()  # pylint: disable=protected-access
+
+
+def _remove_tree(path: str, attempts: int = 5) -> None:
+  """``shutil.rmtree`` that also removes files a finishing writer adds while it runs."""
+  for _ in range(attempts):
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.exists(path):
+      return
+    time.sleep(0.05)
+  shutil.rmtree(path)  # the last attempt's error names what could not be removed
 
 
 def abstract_params(config: ml_collections.ConfigDict, name: str) -> PyTree:
