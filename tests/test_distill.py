@@ -12,6 +12,7 @@ import pytest
 
 from pixdiff_jax import config as config_lib, evaluation, models, sampling
 from pixdiff_jax.diffusion import samplers, schedules, students
+from pixdiff_jax.errors import ConfigError
 from pixdiff_jax.training import distill, distill_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -280,3 +281,30 @@ def test_a_resumed_distill_stage_refuses_a_changed_teacher(smoke_copy):
   assert line.startswith(f'error: stage distill in {smoke_copy} was started with the teacher '
                          'reverse step 6 (crc32 00000000), vae step 6 (crc32 '), line
   assert 'resuming would silently change its targets' in line
+
+
+def test_zero_output_init_zeroes_only_the_ddpm_students_output_layer():
+  config = _config('ddpm', output_init='zero')
+  config_lib.validate_config(config)
+  net = models.build_reverse_model(config)
+  teacher = models.random_params(net, config, seed=3)
+  student = distill.student_init(config, teacher)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(student):
+    name = jax.tree_util.keystr(path)
+    stored = teacher
+    for k in path:
+      stored = stored[k.key]
+    if name.startswith("['conv_out']"):
+      assert not np.any(np.asarray(leaf)), name
+      if name.endswith("['kernel']"):
+        assert np.any(np.asarray(stored)), name  # the teacher's layer was not zero
+    else:
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(stored), err_msg=name)
+  # With a zero output layer the student's first output is exactly 0, for any input.
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 1))
+  out = net.apply({'params': student}, x, jnp.array([100, 50]), train=False)
+  assert not np.any(np.asarray(out))
+  # 'teacher' keeps the teacher's parameters; 'zero' is refused where the heads read x0 already.
+  assert distill.student_init(_config('ddpm'), teacher) is teacher
+  with pytest.raises(ConfigError, match="output_init"):
+    config_lib.validate_config(_config(output_init='zero', steps=4))

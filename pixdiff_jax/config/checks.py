@@ -164,6 +164,10 @@ def _validate_distill(config: ml_collections.ConfigDict, n_dev: int) -> None:
     raise ConfigError("the distill stage (distill.steps > 0) needs diffusion.target='x0': the "
                       "student's heads regress onto the teacher's clean images; got "
                       f'{config.diffusion.target!r}')
+  output_init = dd.get('output_init', 'teacher')
+  if output_init not in ('teacher', 'zero') or (output_init == 'zero' and config.method != 'ddpm'):
+    raise ConfigError("distill.output_init must be 'teacher' or (DDPM only) 'zero', got "
+                      f'{output_init!r} with method {config.method!r}')
   if config.method == 'ddpm':
     if not isinstance(dd.teacher_steps, int) or not 1 <= dd.teacher_steps <= T:
       raise ConfigError(f'distill.teacher_steps must be an int in 1..diffusion.num_steps={T}, '

@@ -190,6 +190,11 @@ def _distill() -> ml_collections.ConfigDict:
   distill.heads_per_example = 0
   distill.teacher_steps = 10    # DDPM: S of the DPM-Solver++(2M) teacher
   distill.mid_step = 0          # DDPM: step n of the second call; 0 = first n with abar_n <= 0.5
+  # DDPM: the student's output layer at the start: 'teacher' (the teacher's, which writes noise
+  # estimates) or 'zero' (the rest of the network the teacher's; the student's first output is 0
+  # instead of ~x_T, as a clean-image read needs). The pixel-aware heads already read clean
+  # images: 'teacher' only.
+  distill.output_init = 'teacher'
   return distill
 
 

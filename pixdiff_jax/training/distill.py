@@ -313,12 +313,23 @@ def build_distill_stage(config: ml_collections.ConfigDict, workdir: str,
   sample = sampling.get_sample_fn(config, batch_size=16, preset='distilled')
   optim = ml_collections.ConfigDict(config.optim.to_dict())
   optim.lr, optim.warmup_steps = float(dd.lr), int(dd.warmup_steps)
+  initial = student_init(config, variables[student])
   return Stage('distill', int(dd.steps),
-               init_params=lambda k: variables[student],
+               init_params=lambda k: initial,
                loss_fn=lambda p, x, r, aux: loss(p, x, r, train=True),
                snapshot_fn=lambda p, r: sample({**variables, student: p}, r),
-               batches=batches, initial_params=variables[student], optim=optim,
+               batches=batches, initial_params=initial, optim=optim,
                lr_field='distill.lr')
+
+
+def student_init(config: ml_collections.ConfigDict, teacher_params: PyTree) -> PyTree:
+  """The student's parameters at step 0: the teacher's, with the output layer ``conv_out``
+  zeroed when ``distill.output_init == 'zero'`` (DDPM)."""
+  if config.distill.get('output_init', 'teacher') == 'teacher':
+    return teacher_params
+  params = dict(teacher_params)
+  params['conv_out'] = jax.tree_util.tree_map(jnp.zeros_like, params['conv_out'])
+  return params
 
 
 # ---------------------------------------------------------------------------- files
