@@ -9,9 +9,12 @@ linear schedule with ``--ddpm_steps`` steps) are initialised at random, and ever
 through the public ``pixdiff_jax.get_sample_fn`` in this one process:
 
 * pixel-aware: ``paper_K1`` (the paper's preset: one network call, the recursion of
-  Algorithm 1) and ``x0_jump_K{K}`` for K = 1, 2, 10, T (the ``consistent`` preset);
+  Algorithm 1), ``x0_jump_K{K}`` for K = 1, 2, 10, T (the ``consistent`` preset),
+  ``distilled_K1`` and ``distilled_K2`` (the distill stage's student: the same network, read
+  with one or two calls);
 * one-head baseline: ``ddpm_1000`` (ancestral), ``ddim_10``, ``ddim_100``,
-  ``dpm_solver_pp_2m_10``, ``dpm_solver_pp_2m_20``.
+  ``dpm_solver_pp_2m_10``, ``dpm_solver_pp_2m_20``, ``ddpm_distilled_K1`` and
+  ``ddpm_distilled_K2`` (its student, one or two calls).
 
 Per row: ``network_evals``, ``seconds_per_image`` (median of ``--repeats`` timed batches of
 ``--batch_size`` images after compilation and one warm-up batch), ``images_per_second``,
@@ -57,11 +60,15 @@ def sampler_settings(num_steps: int, ddpm_steps: int) -> list[tuple[str, str, di
   for k in sorted({1, 2, 10, num_steps}):
     if k <= num_steps:
       rows.append((f'x0_jump_K{k}', 'pixel_aware', dict(preset='consistent', network_calls=k)))
+  rows += [('distilled_K1', 'pixel_aware', dict(preset='distilled')),
+           ('distilled_K2', 'pixel_aware', dict(preset='distilled_K2'))]
   for s in (10, 100):
     rows.append((f'ddim_{s}', 'baseline', dict(base, sampler='ddim', num_steps=s)))
   for s in (10, 20):
     rows.append((f'dpm_solver_pp_2m_{s}', 'baseline', dict(base, sampler='dpm_solver',
                                                            num_steps=s)))
+  rows += [('ddpm_distilled_K1', 'baseline', dict(preset='distilled')),
+           ('ddpm_distilled_K2', 'baseline', dict(preset='distilled_K2'))]
   return rows
 
 
