@@ -26,4 +26,7 @@ def get_config():
   # abar first falls to 0.5 (2 calls); docs/design.md section 7.
   config.distill.teacher_steps = 10
   config.distill.mid_step = 0
+  # The student's output layer starts at zero: its output is read as the clean image, the
+  # teacher's layer writes noise estimates (docs/design.md section 7; results section 8).
+  config.distill.output_init = 'zero'
   return config
