@@ -22,9 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-jax.config.update('jax_compilation_cache_dir',
-                  os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache')))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+from pixdiff_jax.utils import xla_cache  # noqa: E402
+
+# The cache main.py uses (tests/cli_testutil.py passes the same directory to its subprocesses).
+xla_cache.use(os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache')))
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
