@@ -22,9 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-jax.config.update('jax_compilation_cache_dir',
-                  os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache')))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+from pixdiff_jax.utils import xla_cache  # noqa: E402
+
+# The cache main.py uses (tests/cli_testutil.py passes the same directory to its subprocesses).
+xla_cache.use(os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache')))
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
@@ -74,3 +75,26 @@ def smoke_copy(smoke_workdir, tmp_path):
   copy = tmp_path / 'w'
   shutil.copytree(smoke_workdir, copy)
   return copy
+
+
+# pytest-xdist (`-n 2 --dist loadfile`) hands the files to the workers in the collection order
+# below, heaviest first (each file goes to whichever worker asks next, so the two finish close
+# together; by default it sorts the files by their number of tests, which put the one-test
+# 70-second gpu_e2e file last). test_train.py comes before test_distributed.py: the worker
+# that runs test_train.py takes test_distributed.py next, and its one-process reference run
+# reads the programs test_train.py compiled (the same shortened smoke config on 2 devices).
+# Seconds and measurements: docs/performance.md, "The test suite's time".
+_FIRST = ['test_train.py', 'test_reliability.py', 'test_distributed.py', 'test_cli.py',
+          'test_heads_on_demand.py', 'test_gpu_e2e.py', 'test_evaluation.py',
+          'test_memory_plan.py', 'test_models.py', 'test_distill.py', 'test_losses.py',
+          'test_samplers.py', 'test_metrics_features.py', 'test_sample_chunks.py']
+
+
+def pytest_configure(config):
+  if hasattr(config.option, 'loadscopereorder'):  # pytest-xdist: keep the order below
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from pixdiff_jax.utils import xla_cache
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
 
@@ -114,7 +116,7 @@ def test_example_sample_from_jax(smoke_workdir):
   env['PYTHONPATH'] = str(ROOT)
   # The test session's persistent compilation cache (the example itself sets none).
   env['JAX_COMPILATION_CACHE_DIR'] = os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache'))
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = str(xla_cache.MIN_COMPILE_SECS)
   run = subprocess.run([sys.executable, str(ROOT / 'examples' / 'sample_from_jax.py'),
                         '--workdir', str(workdir), '--batch_size', '3', '--num_keys', '2'],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

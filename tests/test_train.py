@@ -13,7 +13,7 @@ import pytest
 from pixdiff_jax import config as config_lib
 from pixdiff_jax.storage import checkpointing
 from pixdiff_jax.training import trainer
-from pixdiff_jax.training.state import create_train_state, make_optimizer
+from pixdiff_jax.training.state import create_train_state, make_optimizer, run_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(jax.local_device_count() < 2, reason='needs 2 CPU devices')
@@ -45,7 +45,7 @@ def test_pmap_step_equals_single_device_step():
   config = _config()
   stage = trainer.build_stage(config, 'vae')
   tx = make_optimizer(config.optim)
-  state = create_train_state(jax.jit(stage.init_params)(jax.random.PRNGKey(0)), tx)
+  state = create_train_state(run_init(stage.init_params, jax.random.PRNGKey(0)), tx)
   key = jax.random.PRNGKey(7)
   x0 = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 32, 32, 1), minval=4e-3, maxval=1.0)
 
@@ -76,7 +76,7 @@ def test_train_step_compiles_once_across_steps():
   config = _config()
   stage = trainer.build_stage(config, 'vae')
   tx = make_optimizer(config.optim)
-  state = create_train_state(jax.jit(stage.init_params)(jax.random.PRNGKey(0)), tx)
+  state = create_train_state(run_init(stage.init_params, jax.random.PRNGKey(0)), tx)
   p_step = trainer.get_p_train_step(stage.loss_fn, tx, ema_decay=0.9, ema_warmup=True)
   p_state = trainer.replicate_for_step(state)
   aux = trainer.replicate_for_step(stage.aux)
@@ -107,7 +107,7 @@ def test_checkpoint_round_trip_is_bit_identical(tmp_path):
   config = _config()
   stage = trainer.build_stage(config, 'vae')
   tx = make_optimizer(config.optim)
-  state = create_train_state(jax.jit(stage.init_params)(jax.random.PRNGKey(0)), tx)
+  state = create_train_state(run_init(stage.init_params, jax.random.PRNGKey(0)), tx)
   state = state.replace(step=jnp.asarray(5, jnp.int32), ema_params=jax.tree_util.tree_map(
       lambda p: p + 0.25, state.params))
   ckpt = checkpointing.StageCheckpointer(str(tmp_path), 'vae')

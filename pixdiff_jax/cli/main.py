@@ -66,10 +66,10 @@ def _setup_runtime():
   # which propagate to the root logger that absl's handler is attached to).
   logging.get_absl_handler().addFilter(_QuietLibraries())
   sys.unraisablehook = _ignore_closed_event_loop
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top,unused-import
   if FLAGS.compilation_cache:
-    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    from pixdiff_jax.utils import xla_cache  # pylint: disable=g-import-not-at-top
+    xla_cache.use(FLAGS.compilation_cache)
 
 
 def _config_for(mode: str, workdir: str):

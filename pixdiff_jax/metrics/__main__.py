@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from pixdiff_jax import metrics  # pylint: disable=g-import-not-at-top
   if args.compilation_cache and not jax.config.jax_compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', args.compilation_cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    from pixdiff_jax.utils import xla_cache  # pylint: disable=g-import-not-at-top
+    xla_cache.use(args.compilation_cache)
   try:
     images = _load_samples(args.samples, args.n)
     if len(images) < 2:

@@ -28,7 +28,7 @@ from pixdiff_jax.storage import checkpointing
 from pixdiff_jax.training import memory
 from pixdiff_jax.training.stages import Stage, stage_key
 from pixdiff_jax.training.state import (TrainState, create_train_state, make_optimizer,
-                                        num_consecutive_skipped)
+                                        num_consecutive_skipped, run_init)
 from pixdiff_jax.training.steps import get_p_train_step, replicate_for_step
 from pixdiff_jax.utils import eta, image_grid, metric_writer, progress
 
@@ -137,8 +137,7 @@ class StageRun:
       return state
     if stage.initial_params is not None:  # given parameters (not compiled in as constants)
       return jax.jit(lambda p: create_train_state(p, tx))(stage.initial_params)
-    # jit: Flax's eager init dispatches op by op, which costs tens of seconds on a CPU.
-    return jax.jit(make_state)(init_key)
+    return run_init(make_state, init_key)
 
   def _batches(self, start: int) -> Iterator[PyTree]:
     if self.stage.batches is not None:

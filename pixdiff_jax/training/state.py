@@ -1,7 +1,7 @@
 """Training state, optimiser and EMA: everything a train step carries from one step to the next."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -79,3 +79,19 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
 
 def update_ema(ema_params: PyTree, params: PyTree, decay: jax.Array) -> PyTree:
   return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+# XLA:CPU compiles the initialisers' random number generator separately for every parameter:
+# at LLVM's optimisation level 1 the initialisation program compiles several times faster than
+# at the default level 2 and makes the same parameters to the bit (docs/performance.md, "The
+# test suite's time"). The program runs once, so its run time does not matter.
+_INIT_CPU_OPTIONS = {'xla_backend_optimization_level': 1}
+
+
+def run_init(init_fn: Callable[[jax.Array], PyTree], key: jax.Array) -> PyTree:
+  """``jax.jit(init_fn)(key)``, compiled with ``_INIT_CPU_OPTIONS`` on the CPU.
+
+  jitted: Flax's eager init dispatches op by op, which costs tens of seconds on a CPU.
+  """
+  options = _INIT_CPU_OPTIONS if jax.default_backend() == 'cpu' else None
+  return jax.jit(init_fn).lower(key).compile(compiler_options=options)(key)
