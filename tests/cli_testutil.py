@@ -8,10 +8,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
 
 
+# Every process of the suite compiles its XLA:CPU programs at LLVM optimisation level 0: the
+# suite's time is mostly compilation of programs that then run a few steps (docs/performance.md,
+# "The test suite's time"). In-process tests and main.py subprocesses use the same level, so
+# what one computes equals what the other computes, bit for bit, as at the default level.
+SUITE_XLA_FLAGS = '--xla_backend_optimization_level=0'
+
+
+def xla_flags(devices: int | None = None) -> str:
+  """``XLA_FLAGS`` for a process of the suite: ``devices`` forced host devices (one if None)."""
+  forced = f' --xla_force_host_platform_device_count={devices}' if devices else ''
+  return SUITE_XLA_FLAGS + forced
+
+
 def main_env(env=None) -> dict:
   env = dict(os.environ if env is None else env)
   # One CPU device (the user's default), not the test session's two.
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = xla_flags()
   env.pop('PIXDIFF_TRACEBACK', None)
   return env
 

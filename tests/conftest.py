@@ -12,9 +12,13 @@ import sys
 
 import pytest
 
+from cli_testutil import SUITE_XLA_FLAGS  # noqa: E402  (no JAX import)
+
 os.environ.setdefault('XLA_FLAGS', '')
 if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=2'
+if SUITE_XLA_FLAGS not in os.environ['XLA_FLAGS']:
+  os.environ['XLA_FLAGS'] += ' ' + SUITE_XLA_FLAGS
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

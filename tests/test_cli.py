@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from cli_testutil import main_env, xla_flags
 from pixdiff_jax.utils import xla_cache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -16,9 +17,8 @@ FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte
 
 
 def _main(*args, env=None, timeout=600):
-  env = dict(os.environ if env is None else env)
   # One CPU device (the user's default); the compilation cache shared with the test session.
-  env.pop('XLA_FLAGS', None)
+  env = main_env(env)
   cache = os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache'))
   return subprocess.run([sys.executable, str(ROOT / 'main.py'), f'--compilation_cache={cache}',
                          *args], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -111,8 +111,7 @@ def test_smoke_trains_resumes_and_samples(smoke_run):
 def test_example_sample_from_jax(smoke_workdir):
   """examples/sample_from_jax.py: load_sampler, jit, vmap over keys, use inside another jit."""
   workdir = smoke_workdir  # read only: the shared run
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  env = main_env()
   env['PYTHONPATH'] = str(ROOT)
   # The test session's persistent compilation cache (the example itself sets none).
   env['JAX_COMPILATION_CACHE_DIR'] = os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache'))
@@ -148,7 +147,7 @@ def test_defaults_are_the_main_job(tmp_path):
   # that fails before training leaves nothing behind (not even the folder).
   run = subprocess.run([sys.executable, str(ROOT / 'main.py'), '--compilation_cache=',
                         '--config.data.path=/nonexistent/fmnist'], cwd=tmp_path,
-                       env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
+                       env=main_env(),
                        capture_output=True, text=True, timeout=300)
   assert run.returncode == 2 and 'error: fashion_mnist' in run.stderr, run.stderr[-2000:]
   assert '/nonexistent/fmnist' in run.stderr
@@ -172,7 +171,7 @@ def test_config_errors_are_one_clear_line(tmp_path, override, message):
   args = ['--config', 'configs/smoke.py', '--workdir', str(tmp_path / 'w'), *override]
   if 'batch_size=3' in override[0]:
     # Two host devices: 3 images cannot be split over them.
-    run_env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+    run_env['XLA_FLAGS'] = xla_flags(2)
     run = subprocess.run([sys.executable, str(ROOT / 'main.py'), *args], cwd=ROOT, env=run_env,
                          capture_output=True, text=True, timeout=300)
   else:

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from cli_testutil import xla_flags
 from pixdiff_jax.utils import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             XLA_FLAGS=xla_flags(devices))
   env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
   return env
 
