@@ -8,7 +8,7 @@ Sampling: the ``consistent`` preset with one network call per step. Data: the De
 ``dataset-fashion-mnist`` (28x28 padded to 32x32).
 
 Stage 3, ``distill`` (docs/design.md section 7): a one-pass student of the K = T ``consistent``
-sampler, trained on teacher pairs made once and cached; head 1 (the final image) weighted 20x,
+sampler, trained on teacher pairs made once and cached; head 1 (the final image) weighted 100x,
 with one other random head per example. All three stages are sized to train within 20 minutes of
 the README's first command on the 2-core CI machine; the measurements and what the sizes scored:
 docs/results.md section 8.
@@ -62,7 +62,7 @@ def get_config():
   config.distill.num_pairs = 8192
   config.distill.teacher_batch = 256
   config.distill.calls = (1, 2)
-  config.distill.final_weight = 20.0
+  config.distill.final_weight = 100.0
   # Head 1 and one random other active head per example (unbiased): a cheaper student step
   # (docs/performance.md, "Distillation pairs"); quality against all heads not yet compared.
   config.distill.heads_per_example = 2
