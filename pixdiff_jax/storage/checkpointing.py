@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
-import time
 import weakref
 import zlib
 from typing import Any, Callable
@@ -37,6 +35,7 @@ import orbax.checkpoint as ocp
 from pixdiff_jax import models
 from pixdiff_jax.errors import (ConfigError, NotFoundError, UserError, WriteError,
                                 write_failure_reason)
+from pixdiff_jax.storage import partial_steps
 from pixdiff_jax.config.stages import stages_for  # noqa: F401  (also re-exported from here)
 
 PyTree = Any
@@ -59,8 +58,6 @@ class CheckpointWriteError(WriteError):
 
 
 # Orbax writes step N into this folder and renames it to N when the write is complete.
-_PARTIAL_STEP = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
-_SETTLE_SECONDS = 5.0  # how long a failed write's remaining file writes may go on
 # Checkpointers that may have a write in flight (see finish_pending_writes).
 _WRITERS = weakref.WeakSet()
 
@@ -247,23 +244,9 @@ class StageCheckpointer:
 
   def _remove_partial_steps(self) -> list[int]:
     """Deletes Orbax's unfinished ``<step>.orbax-checkpoint-tmp*`` folders; returns the steps."""
-    steps, quiet_passes, deadline = set(), 0, time.monotonic() + _SETTLE_SECONDS
-    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+    if jax.process_index() != 0:
       return []
-    # TensorStore's writes that were in flight when one failed go on in C++ threads and
-    # re-create the folder they write into; remove until two passes 0.2 s apart find nothing.
-    while quiet_passes < 2 and time.monotonic() < deadline:
-      found = [(name, int(m.group(1))) for name in sorted(os.listdir(self.directory))
-               if (m := _PARTIAL_STEP.match(name))]
-      for name, step in found:
-        _remove_tree(os.path.join(self.directory, name))
-        steps.add(step)
-      quiet_passes = 0 if found else quiet_passes + 1
-      if steps:
-        time.sleep(0.2)
-      elif not found:
-        break
-    return sorted(steps)
+    return partial_steps.remove_partial_steps(self.directory)
 
   def restore(self, target: Any, step: int | None = None, *, params_only: bool = False) -> Any:
     """Restores ``step`` (latest by default) into the structure of ``target`` (arrays or
@@ -386,16 +369,6 @@ def finish_pending_writes() -> None:
     # flight, a '<step>.orbax-checkpoint-tmp' folder is a write that will never finish.
     ckpt._settle()  # pylint: disable=protected-access
     ckpt._remove_partial_steps()  # pylint: disable=protected-access
-
-
-def _remove_tree(path: str, attempts: int = 5) -> None:
-  """``shutil.rmtree`` that also removes files a finishing writer adds while it runs."""
-  for _ in range(attempts):
-    shutil.rmtree(path, ignore_errors=True)
-    if not os.path.exists(path):
-      return
-    time.sleep(0.05)
-  shutil.rmtree(path)  # the last attempt's error names what could not be removed
 
 
 def abstract_params(config: ml_collections.ConfigDict, name: str) -> PyTree:
