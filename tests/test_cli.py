@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cli_testutil import main_env, xla_flags
+from cli_testutil import main_env, run_main, xla_flags
 from pixdiff_jax.utils import xla_cache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -18,11 +18,7 @@ FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte
 
 def _main(*args, env=None, timeout=600):
   # One CPU device (the user's default); the compilation cache shared with the test session.
-  env = main_env(env)
-  cache = os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache'))
-  return subprocess.run([sys.executable, str(ROOT / 'main.py'), f'--compilation_cache={cache}',
-                         *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  return run_main(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope='module')

@@ -66,7 +66,6 @@ def _setup_runtime():
   # which propagate to the root logger that absl's handler is attached to).
   logging.get_absl_handler().addFilter(_QuietLibraries())
   sys.unraisablehook = _ignore_closed_event_loop
-  import jax  # pylint: disable=g-import-not-at-top,unused-import
   if FLAGS.compilation_cache:
     from pixdiff_jax.utils import xla_cache  # pylint: disable=g-import-not-at-top
     xla_cache.use(FLAGS.compilation_cache)
