@@ -5,6 +5,7 @@ The end-to-end test trains into a 2 MB tmpfs (needs root to mount; skipped other
 tests simulate the failures (a write to ``/dev/full``, an Orbax-style error) and always run.
 (Resuming after the space is freed was checked by hand: the same command finishes the stage.)
 """
+import logging
 import os
 import pathlib
 import re
@@ -151,3 +152,33 @@ def test_a_failed_tensorboard_write_is_raised_not_a_hang(tmp_path, monkeypatch):
   assert (tmp_path / 'metrics.jsonl').read_text().count('\n') == 1
   assert '"grad_norm": "nan"' in (tmp_path / 'metrics.jsonl').read_text()
   assert pathlib.Path(tmp_path / 'tensorboard').is_dir()
+
+
+def _asyncio_echo_of_a_full_disk() -> None:
+  """What asyncio logs when an abandoned Orbax write task is garbage-collected."""
+  err = ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device [os_error_code='28']")
+  logging.getLogger('asyncio').error('Task exception was never retrieved', exc_info=(
+      type(err), err, None))
+
+
+def test_asyncio_echoes_of_a_reported_write_failure_are_not_printed(caplog):
+  caplog.set_level(logging.ERROR, logger='asyncio')
+  with pytest.raises(OSError):
+    with train_mode._background_write_failures_reported_once():
+      _asyncio_echo_of_a_full_disk()
+      raise OSError(28, 'No space left on device')
+  _asyncio_echo_of_a_full_disk()  # after the failure was reported: still one line
+  assert not [r for r in caplog.records if r.name == 'asyncio']
+  for f in logging.getLogger('asyncio').filters[:]:  # this process goes on after the test
+    if isinstance(f, train_mode._HeldWriteFailures):
+      logging.getLogger('asyncio').removeFilter(f)
+
+
+def test_asyncio_echoes_are_printed_when_the_run_does_not_end_with_a_write_failure(caplog):
+  caplog.set_level(logging.ERROR, logger='asyncio')
+  with train_mode._background_write_failures_reported_once():
+    _asyncio_echo_of_a_full_disk()
+    assert not caplog.records  # held while the run goes on
+  assert [r.getMessage() for r in caplog.records] == ['Task exception was never retrieved']
+  assert not [f for f in logging.getLogger('asyncio').filters
+              if isinstance(f, train_mode._HeldWriteFailures)]

@@ -3,6 +3,7 @@ a run (interrupted, diverged, a failed write)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -70,21 +71,55 @@ def train(config, workdir: str, stage: str = 'all') -> None:
     raise _with_resume_advice(_first_write_failure(err), workdir, stages) from err
 
 
+class _HeldWriteFailures(logging.Filter):
+  """Holds the records of asyncio's "exception was never retrieved" for failed writes: Orbax's
+  abandoned write tasks report the same failure again when they are garbage-collected."""
+
+  def __init__(self):
+    super().__init__()
+    self.held = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and write_failure_reason(exc) is not None:
+      self.held.append(record)
+      return False
+    return True
+
+
 @contextlib.contextmanager
 def _background_write_failures_reported_once() -> Iterator[None]:
   """A failed write in a background thread (Orbax's checkpoint writer) reaches the main thread,
-  which ends the run with one line; the thread's own traceback is not printed beside it."""
+  which ends the run with one line; the thread's traceback and asyncio's echoes of it are not
+  printed beside that line. They are held, not dropped: if the run does not end with a write
+  failure they are printed when it ends; if it does, later echoes are dropped too."""
   previous = threading.excepthook
+  held_threads = []
 
   def hook(args):
     if write_failure_reason(args.exc_value) is None:
       previous(args)
+    else:
+      held_threads.append(args)
 
+  asyncio_logger = logging.getLogger('asyncio')
+  held_records = _HeldWriteFailures()
+  asyncio_logger.addFilter(held_records)
   threading.excepthook = hook
+  reported = False
   try:
     yield
+  except BaseException as err:
+    reported = write_failure_reason(err) is not None
+    raise
   finally:
     threading.excepthook = previous
+    if not reported:
+      asyncio_logger.removeFilter(held_records)
+      for args in held_threads:
+        previous(args)
+      for record in held_records.held:
+        asyncio_logger.handle(record)
 
 
 def _command_for_stage(stage: str) -> str:
