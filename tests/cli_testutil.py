@@ -8,11 +8,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
 
 
-# Every process of the suite compiles its XLA:CPU programs at LLVM optimisation level 0: the
-# suite's time is mostly compilation of programs that then run a few steps (docs/performance.md,
-# "The test suite's time"). In-process tests and main.py subprocesses use the same level, so
-# what one computes equals what the other computes, bit for bit, as at the default level.
-SUITE_XLA_FLAGS = '--xla_backend_optimization_level=0'
+# Every process of the suite compiles its XLA:CPU programs at LLVM optimisation level 0 and with
+# XLA's older loop-fusion emitters: the suite's time is mostly compilation of programs that then
+# run a few steps (docs/performance.md, "The test suite's time"). In-process tests and main.py
+# subprocesses use the same flags, so what one computes equals what the other computes, bit for
+# bit, as with the default flags.
+SUITE_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 
 
 def xla_flags(devices: int | None = None) -> str:

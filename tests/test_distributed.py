@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -58,30 +59,42 @@ class Run:
 
   def __init__(self, processes: int, *args, port: int | None = None, per_process=None):
     self.start = time.perf_counter()
+    # Output goes to files, not pipes: a process blocked on a full pipe that nobody reads yet
+    # would stall the collective the other process waits in.
+    self._files = []
     if processes == 1:
-      self.procs = [subprocess.Popen(_command(*args), cwd=ROOT, env=_env(2), text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+      commands, env = [_command(*args)], _env(2)
     else:
       port = port or _free_port()
-      self.procs = [
-          subprocess.Popen(
-              _command(*args, *(per_process[i] if per_process else ()), '--distributed',
-                       f'--coordinator=127.0.0.1:{port}', f'--num_processes={processes}',
-                       f'--process_id={i}'),
-              cwd=ROOT, env=_env(1), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+      commands = [
+          _command(*args, *(per_process[i] if per_process else ()), '--distributed',
+                   f'--coordinator=127.0.0.1:{port}', f'--num_processes={processes}',
+                   f'--process_id={i}')
           for i in range(processes)]
+      env = _env(1)
+    self.procs = []
+    for command in commands:
+      out, err = tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')
+      self._files.append((out, err))
+      self.procs.append(subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=out,
+                                         stderr=err))
 
   def wait(self, timeout: float = TIMEOUT):
     """``[(returncode, stdout, stderr)]`` per process; ``self.seconds`` the wall time."""
     out = []
-    for p in self.procs:
+    for p, files in zip(self.procs, self._files):
       try:
-        stdout, stderr = p.communicate(timeout=max(1.0, timeout - self.elapsed()))
+        p.wait(timeout=max(1.0, timeout - self.elapsed()))
       except subprocess.TimeoutExpired:
         for q in self.procs:
           q.kill()
         raise
-      out.append((p.returncode, stdout, stderr))
+      texts = []
+      for f in files:
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+      out.append((p.returncode, *texts))
     self.seconds = self.elapsed()
     return out
 

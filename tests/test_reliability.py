@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -99,7 +100,8 @@ def test_package_import_graph_has_no_cycle():
   assert 'pixdiff_jax.storage.checkpointing' in graph['pixdiff_jax.training.trainer']
   assert 'pixdiff_jax.training.trainer' not in graph['pixdiff_jax.sampling.sample_fn']
   assert _find_cycle(graph) is None, _find_cycle(graph)
-  run = subprocess.run(['python', '-c', 'import pixdiff_jax.sampling, pixdiff_jax.training.trainer'],
+  run = subprocess.run([sys.executable, '-c',
+                        'import pixdiff_jax.sampling, pixdiff_jax.training.trainer'],
                        cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
 
