@@ -1,9 +1,9 @@
 """Tiny networks on a slice of Fashion-MNIST that run every stage (VAE, reverse, distill),
 checkpoint and sample.
 
-For tests and quick checks; the samples mean nothing. Measured on 2 CPU cores: training 38 s
-and ``--mode sample`` 7 s with the XLA compilation cache warm for these shapes; 121 s and 14 s
-with an empty cache (compilation dominates).
+For tests and quick checks; the samples mean nothing. The VAE and the U-Net have no residual
+blocks (only the heads do): most of a test's time is compiling these networks (docs/performance.md,
+"The test suite's time"); the unit tests check the residual blocks.
 """
 from pixdiff_jax.config import sibling_config
 
@@ -21,13 +21,13 @@ def get_config():
 
   config.vae.ch = 8
   config.vae.ch_mult = (1, 1, 2, 2)
-  config.vae.num_res_blocks = 1
+  config.vae.num_res_blocks = 0
   config.vae.latent_dim = 16
   config.vae.num_groups = 4
 
   config.model.ch = 8
   config.model.ch_mult = (1, 2)
-  config.model.num_res_blocks = 1
+  config.model.num_res_blocks = 0
   config.model.attn_resolutions = ()
   config.model.num_groups = 4
   config.model.head_ch = 4

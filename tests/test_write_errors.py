@@ -1,7 +1,7 @@
 """A full disk (or any failed write) during training: one line naming the file, the last intact
 checkpoint and what to do; the partial checkpoint step is removed.
 
-The end-to-end test trains into a 2 MB tmpfs (needs root to mount; skipped otherwise). The unit
+The end-to-end test trains into a 1.2 MB tmpfs (needs root to mount; skipped otherwise). The unit
 tests simulate the failures (a write to ``/dev/full``, an Orbax-style error) and always run.
 (Resuming after the space is freed was checked by hand: the same command finishes the stage.)
 """
@@ -28,10 +28,11 @@ FULL = os.strerror(28)  # 'No space left on device'
 
 @pytest.fixture
 def tmpfs(tmp_path):
-  """A 2 MB tmpfs at ``tmp_path / 'disk'``, unmounted afterwards (skip if it cannot be mounted)."""
+  """A 1.2 MB tmpfs at ``tmp_path / 'disk'`` (a smoke VAE checkpoint takes about 0.75 MB),
+  unmounted afterwards (skip if it cannot be mounted)."""
   where = tmp_path / 'disk'
   where.mkdir()
-  mount = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(where)],
+  mount = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1200k', 'tmpfs', str(where)],
                          capture_output=True, text=True)
   if mount.returncode != 0:
     pytest.skip(f'cannot mount a tmpfs here ({mount.stderr.strip()}); the unit tests below '
@@ -50,7 +51,7 @@ def test_training_into_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp
   stage = workdir / 'checkpoints' / 'vae'
   assert run.returncode == 2, run.stderr[-3000:]
   assert 'Traceback' not in run.stderr and len(error_lines(run.stderr)) == 1, run.stderr[-3000:]
-  # Step 4 fits into 2 MB, step 6 does not. Usually its checkpoint write is what fails; the
+  # Step 4 fits into 1.2 MB, step 6 does not. Usually its checkpoint write is what fails; the
   # checkpoint is written asynchronously, so the metrics of step 6 may hit the full disk first.
   line = error_lines(run.stderr)[0]
   print(line)
