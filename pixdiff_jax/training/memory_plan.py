@@ -23,9 +23,11 @@ from pixdiff_jax.training.state import create_train_state, make_optimizer
 PyTree = Any
 # Nothing runs the executable: on the CPU, skip LLVM's optimisations (the buffer plan comes from
 # XLA's HLO passes; it was the same to the byte for all four paper-config stages, in about half
-# the compile time).
+# the compile time). The fusion emitters are XLA's default whatever XLA_FLAGS says (the test
+# suite turns them off): the plan changes with them, and compiles slower without them.
 _PLAN_ONLY_CPU_OPTIONS = {'xla_backend_optimization_level': 0,
-                          'xla_llvm_disable_expensive_passes': True}
+                          'xla_llvm_disable_expensive_passes': True,
+                          'xla_cpu_use_fusion_emitters': True}
 
 
 def _abstract(tree: PyTree, lead: Sequence[int] = ()) -> PyTree:
