@@ -13,7 +13,27 @@ FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte
 # run a few steps (docs/performance.md, "The test suite's time"). In-process tests and main.py
 # subprocesses use the same flags, so what one computes equals what the other computes, bit for
 # bit, as with the default flags.
-SUITE_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+_LEVEL_0 = '--xla_backend_optimization_level=0'
+# Newer XLA (jaxlib 0.11.2) has only the new emitters, and an unknown flag in XLA_FLAGS aborts.
+_OLDER_EMITTERS = '--xla_cpu_use_fusion_emitters=false'
+
+
+def _suite_xla_flags() -> str:
+  """``_LEVEL_0``, plus ``_OLDER_EMITTERS`` where this XLA knows the flag (a subprocess tries it
+  once; the answer is passed on to the suite's other processes in the environment)."""
+  known = os.environ.get('PIXDIFF_SUITE_XLA_FLAGS')
+  if known is None:
+    probe = subprocess.run(
+        [sys.executable, '-c', 'import jax; jax.devices()'], capture_output=True, timeout=300,
+        env=dict(os.environ, XLA_FLAGS=_OLDER_EMITTERS, JAX_PLATFORMS='cpu'))
+    if probe.returncode != 0 and 'Unknown flag' not in probe.stderr.decode(errors='replace'):
+      raise RuntimeError(f'JAX does not start on the CPU: {probe.stderr.decode()[-2000:]}')
+    known = f'{_LEVEL_0} {_OLDER_EMITTERS}' if probe.returncode == 0 else _LEVEL_0
+    os.environ['PIXDIFF_SUITE_XLA_FLAGS'] = known
+  return known
+
+
+SUITE_XLA_FLAGS = _suite_xla_flags()
 
 
 def xla_flags(devices: int | None = None) -> str:

@@ -145,3 +145,14 @@ def test_paper_config_plans_keep_the_readme_promise():
       assert {size for size, _ in claims} == {24, 40, 80}, (name, stage, claims)
       for size, fraction in claims:
         assert gib <= CARD_GIB[size] * fraction, (name, stage, gib, size, fraction)
+
+
+def test_plan_only_options_hold_only_options_this_xla_knows():
+  """Newer XLA (jaxlib 0.11.2) has no ``xla_cpu_use_fusion_emitters``: it is left out there."""
+  from pixdiff_jax.training import memory_plan  # pylint: disable=g-import-not-at-top
+  assert memory_plan._cpu_option_known('xla_backend_optimization_level', 0)
+  assert not memory_plan._cpu_option_known('xla_cpu_no_such_option', True)
+  options = memory_plan.plan_only_options()
+  assert options['xla_backend_optimization_level'] == 0
+  assert set(options) <= set(memory_plan._PLAN_ONLY_CPU_OPTIONS)
+  jax.jit(lambda x: x * 2).lower(jnp.ones(3)).compile(compiler_options=options)
