@@ -11,18 +11,16 @@ import pathlib
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 import pytest
 
-from cli_testutil import xla_flags
+from cli_testutil import FMNIST, main_cmd, xla_flags
 from pixdiff_jax.utils import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FMNIST = pathlib.Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
                                   reason='apt-get install dataset-fashion-mnist')
 
@@ -49,11 +47,6 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _command(*args):
-  cache = os.environ.get('PIXDIFF_JAX_CACHE', str(ROOT / '.jax_cache'))
-  return [sys.executable, str(ROOT / 'main.py'), f'--compilation_cache={cache}', *args]
-
-
 class Run:
   """A launched group of processes (1 with 2 devices, or 2 with 1 device each)."""
 
@@ -63,11 +56,11 @@ class Run:
     # would stall the collective the other process waits in.
     self._files = []
     if processes == 1:
-      commands, env = [_command(*args)], _env(2)
+      commands, env = [main_cmd(*args)], _env(2)
     else:
       port = port or _free_port()
       commands = [
-          _command(*args, *(per_process[i] if per_process else ()), '--distributed',
+          main_cmd(*args, *(per_process[i] if per_process else ()), '--distributed',
                    f'--coordinator=127.0.0.1:{port}', f'--num_processes={processes}',
                    f'--process_id={i}')
           for i in range(processes)]
